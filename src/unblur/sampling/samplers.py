@@ -1,0 +1,357 @@
+"""Samplers: pure functions that walk a noise-level grid with a denoiser.
+
+All share one signature::
+
+    sample_x(denoiser, x, grid, *, cond=None, generator=None, callback=None, **options) -> x0
+
+``x`` is the start in VE scale (``x = x0 + sigma * n`` at ``grid[0]``), ``grid`` a 1-D
+tensor of decreasing noise levels ending at 0, ``generator`` one ``torch.Generator`` or one
+per sample. No state survives a call: the history a multistep method needs is a local.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..types import Callback, Cond, Denoiser, Generator, StepInfo
+from ..utils import randn_like
+
+
+def check_grid(grid: Tensor, x: Tensor | None = None) -> Tensor:
+    """Validate a grid (1-D, finite, strictly decreasing, positive, ending at 0)."""
+    grid = torch.as_tensor(grid)
+    if grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError(f"a grid must be a 1-D tensor of at least 2 noise levels, got shape {tuple(grid.shape)}")
+    if not torch.isfinite(grid).all():
+        raise ValueError(f"a grid must be finite, got {grid.tolist()}")
+    if grid[-1] != 0:
+        raise ValueError(f"a grid must end at 0, got last level {grid[-1].item()!r}: append a zero")
+    if (grid[:-1] <= 0).any() or (grid[1:] >= grid[:-1]).any():
+        raise ValueError(f"a grid must be strictly decreasing and positive before its final 0, got {grid.tolist()}")
+    if x is not None:
+        return grid.to(device=x.device, dtype=x.dtype)
+    return grid
+
+
+def _check_option(name: str, value: float, lo: float = 0.0, hi: float = math.inf) -> float:
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _report(callback, i, n, x, s, s_next, x0):
+    if callback is not None:
+        callback(StepInfo(step=i, total=n, x=x, sigma=s, sigma_next=s_next, x0_hat=x0))
+
+
+def _denoise(denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
+    return denoiser(x, sigma.expand(x.shape[0]), cond)
+
+
+@torch.no_grad()
+def sample_ddpm(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    variance: str = "beta_tilde",
+) -> Tensor:
+    """Ancestral sampling, Algorithm 2 of Ho et al. 2020, on any sub-sequence of steps.
+
+    Between consecutive levels s > s' of the grid, with alpha_bar = 1 / (1 + sigma^2),
+    alpha = alpha_bar_s / alpha_bar_s' and beta = 1 - alpha, x_{t-1} is drawn from the
+    posterior q(x_{t-1} | x_t, x0_hat) (Ho et al. eq. 6-7): mean
+    sqrt(alpha_bar_s') beta / (1 - alpha_bar_s) x0_hat + sqrt(alpha) (1 - alpha_bar_s') / (1 - alpha_bar_s) x_t
+    and variance beta_tilde (``variance="beta_tilde"``) or beta (``"beta"``), which is
+    the eps-form 1/sqrt(alpha) (x_t - beta / sqrt(1 - alpha_bar) eps) + sigma z rewritten.
+    No noise is added on the last step (z = 0 at t = 1).
+    """
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _denoise(denoiser, x, s, cond)
+        # 1. VP quantities between the two levels.
+        ab, ab_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+        alpha = ab / ab_next
+        beta = 1 - alpha
+        # 2. Posterior mean in the VP scale of x_t = sqrt(alpha_bar) x_ve (Ho et al. eq. 7).
+        xt = x * ab.sqrt()
+        mean = (ab_next.sqrt() * beta / (1 - ab)) * x0 + (alpha.sqrt() * (1 - ab_next) / (1 - ab)) * xt
+        # 3. Add sigma_t z except on the last step, then return to VE scale.
+        if s_next > 0:
+            var = beta * (1 - ab_next) / (1 - ab) if variance == "beta_tilde" else beta
+            mean = mean + var.sqrt() * randn_like(x, generator)
+        x = mean / ab_next.sqrt()
+        _report(callback, i, n, x, s, s_next, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """DDIM, Song et al. 2021 eq. 12; eta = 0 is deterministic, eta = 1 is DDPM-like.
+
+    x_{t'} = sqrt(ab') x0 + sqrt(1 - ab' - s_eta^2) eps + s_eta z with
+    s_eta = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab'), written in VE scale.
+    """
+    eta = _check_option("eta", eta)
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _denoise(denoiser, x, s, cond)
+        eps = (x - x0) / s
+        ab, ab_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+        s_eta = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
+        dir_coef = (1 - ab_next - s_eta**2).clamp(min=0).sqrt()
+        x_vp = ab_next.sqrt() * x0 + dir_coef * eps
+        if eta > 0 and s_next > 0:
+            x_vp = x_vp + s_eta * randn_like(x, generator)
+        x = x_vp / ab_next.sqrt()
+        _report(callback, i, n, x, s, s_next, x0)
+    return x
+
+
+def _churn(x, s, n, generator, churn, s_tmin, s_tmax, s_noise):
+    """EDM Algorithm 2 lines 4-6: raise the level to s_hat = s (1 + gamma) with fresh noise."""
+    gamma = min(churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
+    if gamma == 0:
+        return x, s
+    s_hat = s * (1 + gamma)
+    return x + (s_hat**2 - s**2).sqrt() * s_noise * randn_like(x, generator), s_hat
+
+
+@torch.no_grad()
+def sample_euler(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. eq. 3)."""
+    _check_option("churn", churn)
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x, s_hat = _churn(x, s, n, generator, churn, s_tmin, s_tmax, s_noise)
+        x0 = _denoise(denoiser, x, s_hat, cond)
+        d = (x - x0) / s_hat
+        x = x + (s_next - s_hat) * d
+        _report(callback, i, n, x, s, s_next, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Heun's second-order method with EDM's stochastic churn (Karras et al. 2022, Algorithm 2).
+
+    2 NFE per step, 1 on the last step (to sigma = 0), where the Euler step is kept.
+    """
+    _check_option("churn", churn)
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x_hat, s_hat = _churn(x, s, n, generator, churn, s_tmin, s_tmax, s_noise)
+        x0 = _denoise(denoiser, x_hat, s_hat, cond)
+        d = (x_hat - x0) / s_hat
+        x = x_hat + (s_next - s_hat) * d
+        if s_next > 0:
+            x0_next = _denoise(denoiser, x, s_next, cond)
+            d_next = (x - x0_next) / s_next
+            x = x_hat + (s_next - s_hat) * (d + d_next) / 2
+        _report(callback, i, n, x, s, s_next, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Euler step down to sigma_down, then fresh noise of std sigma_up (ancestral sampling).
+
+    sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down = sqrt(s'^2 - sigma_up^2),
+    so that the marginal at s' has variance s'^2 around x0 as the forward process does.
+    """
+    eta = _check_option("eta", eta)
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _denoise(denoiser, x, s, cond)
+        s_up = torch.minimum(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2).sqrt())
+        s_down = (s_next**2 - s_up**2).sqrt()
+        x = x + (s_down - s) * (x - x0) / s
+        if s_next > 0:
+            x = x + s_up * s_noise * randn_like(x, generator)
+        _report(callback, i, n, x, s, s_next, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095) Algorithm 2, in VE scale.
+
+    With lambda = -log sigma and h = lambda' - lambda:
+    x' = (sigma'/sigma) x - expm1(-h) D_hat, D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
+    r = h_{i-1} / h_i; first order on the first step and on the last (to sigma = 0).
+    """
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    x0_prev, h_prev = None, None
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _denoise(denoiser, x, s, cond)
+        if s_next == 0:
+            x = x0
+        else:
+            h = s.log() - s_next.log()
+            if x0_prev is None:
+                d = x0
+            else:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = (s_next / s) * x - torch.expm1(-h) * d
+            h_prev = h
+        x0_prev = x0
+        _report(callback, i, n, x, s, s_next, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """SDE-DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095) sec. 4 / appendix, midpoint form.
+
+    First-order part (eta = 1): x' = (sigma'/sigma) e^{-h} x + (1 - e^{-2h}) D + sigma' sqrt(1 - e^{-2h}) z;
+    eta in [0, 1] interpolates towards the ODE solver (eta = 0 is DPM-Solver++(2M)).
+    """
+    eta = _check_option("eta", eta)
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    x0_prev, h_prev = None, None
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _denoise(denoiser, x, s, cond)
+        if s_next == 0:
+            x = x0
+        else:
+            h = s.log() - s_next.log()
+            eta_h = eta * h
+            x = (s_next / s) * torch.exp(-eta_h) * x - torch.expm1(-h - eta_h) * x0
+            if x0_prev is not None:
+                r = h_prev / h
+                x = x - 0.5 * torch.expm1(-h - eta_h) * (1 / r) * (x0 - x0_prev)
+            if eta > 0:
+                x = x + s_next * (-torch.expm1(-2 * eta_h)).sqrt() * s_noise * randn_like(x, generator)
+            h_prev = h
+        x0_prev = x0
+        _report(callback, i, n, x, s, s_next, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_pc_langevin(
+    denoiser: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+) -> Tensor:
+    """Predictor-corrector sampling, Song et al. 2021 (Algorithms 2 and 4), VE form.
+
+    At each level: ``corrector_steps`` Langevin steps x += e g + sqrt(2e) z with the score
+    g = (D(x, s) - x) / s^2 and e = 2 (snr ||z|| / ||g||)^2 (per sample); then the reverse
+    diffusion predictor x' = x + (s^2 - s'^2) g + sqrt(s^2 - s'^2) z (no noise on the step to 0).
+    """
+    snr = _check_option("snr", snr)
+    if int(corrector_steps) != corrector_steps or corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
+    sigmas = check_grid(grid, x)
+    n = len(sigmas) - 1
+    B = x.shape[0]
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        # 1. Corrector: Langevin MCMC at the current level (Algorithm 4).
+        for _ in range(int(corrector_steps)):
+            g = (_denoise(denoiser, x, s, cond) - x) / s**2
+            z = randn_like(x, generator)
+            g_norm = g.reshape(B, -1).norm(dim=1)
+            z_norm = z.reshape(B, -1).norm(dim=1)
+            step = 2 * (snr * z_norm / g_norm.clamp(min=1e-20)) ** 2
+            step = step.reshape(B, *([1] * (x.ndim - 1)))
+            x = x + step * g + (2 * step).sqrt() * z
+        # 2. Predictor: one step of the reverse-time VE SDE (reverse diffusion, Algorithm 2).
+        x0 = _denoise(denoiser, x, s, cond)
+        g = (x0 - x) / s**2
+        x = x + (s**2 - s_next**2) * g
+        if s_next > 0:
+            x = x + (s**2 - s_next**2).sqrt() * randn_like(x, generator)
+        _report(callback, i, n, x, s, s_next, x0)
+    return x

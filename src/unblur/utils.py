@@ -1,0 +1,154 @@
+"""A small helper vocabulary, defined once and imported everywhere."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .types import Generator
+
+
+def append_dims(x: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dimensions so that ``x`` has ``ndim`` dimensions."""
+    missing = ndim - x.ndim
+    if missing < 0:
+        raise ValueError(f"cannot append dims: tensor has {x.ndim} dims, target is {ndim}")
+    return x[(...,) + (None,) * missing]
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over every dimension except the first: (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def sum_flat(x: Tensor) -> Tensor:
+    """Sum over every dimension except the first: (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters (the last layer of a residual branch) and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def expand_sigma(sigma: Tensor | float, batch: int, like: Tensor) -> Tensor:
+    """A noise level as a (B,) tensor on ``like``'s device and dtype."""
+    sigma = torch.as_tensor(sigma, device=like.device, dtype=like.dtype)
+    if sigma.ndim == 0:
+        return sigma.expand(batch)
+    if sigma.shape != (batch,):
+        raise ValueError(f"sigma must be a scalar or have shape ({batch},), got {tuple(sigma.shape)}")
+    return sigma
+
+
+def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
+    """Standard normal noise shaped like ``x``.
+
+    ``generator`` is one ``torch.Generator`` for the whole batch, or a sequence with one
+    generator per sample, in which case sample ``i`` draws only from ``generator[i]`` and so
+    does not depend on the rest of its batch.
+    """
+    return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def randn(
+    shape: Sequence[int],
+    *,
+    generator: Generator = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Standard normal noise of ``shape`` from one generator or one per sample (see randn_like)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return _draw(tuple(shape), generator, device, dtype)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(
+            f"got {len(gens)} generators for a batch of {shape[0]}: give one per sample or one in all"
+        )
+    return torch.cat([_draw((1, *shape[1:]), g, device, dtype) for g in gens])
+
+
+def _draw(shape, generator, device, dtype) -> Tensor:
+    # Draw on the generator's own device, then move: a CPU generator gives the same numbers
+    # whatever device the sample lives on.
+    gen_device = generator.device if generator is not None else device
+    out = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype or torch.float32)
+    return out.to(device) if device is not None else out
+
+
+def rand(
+    shape: Sequence[int],
+    *,
+    generator: Generator = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Uniform [0, 1) numbers of ``shape``, from one generator or one per sample."""
+
+    def draw(s, g):
+        gen_device = g.device if g is not None else device
+        out = torch.rand(s, generator=g, device=gen_device, dtype=dtype or torch.float32)
+        return out.to(device) if device is not None else out
+
+    if generator is None or isinstance(generator, torch.Generator):
+        return draw(tuple(shape), generator)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}")
+    return torch.cat([draw((1, *shape[1:]), g) for g in gens])
+
+
+def seeded_generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list:
+    """One generator per seed: the per-sample generators that make images batch-independent."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; anything else is checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available here: use --device cpu")
+    return device
+
+
+def choice_error(kind: str, value: object, choices: Iterable[str]) -> ValueError:
+    """A ValueError naming the bad value, the accepted ones, and the nearest match."""
+    choices = sorted(choices)
+    near = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return ValueError(f"unknown {kind} {value!r}{hint}; accepted: {', '.join(choices)}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
