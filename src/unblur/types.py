@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-Cond = Union[Mapping[str, Tensor], None]
+Cond = Mapping[str, Tensor] | None
 """Conditioning: e.g. ``{"class": (B,), "text": (B, L, D), "text_mask": (B, L)}``."""
 
-Generator = Union[torch.Generator, Sequence[torch.Generator], None]
+Generator = torch.Generator | Sequence[torch.Generator] | None
 """One generator for the batch, or one per sample (an image then does not depend on its batch)."""
 
 

@@ -2,11 +2,11 @@
 
 from .gaussian import (
     SCHEDULES,
+    VPSDE,
     DiscreteVP,
     EDMProcess,
     GaussianProcess,
     VEProcess,
-    VPSDE,
     alpha_bar_to_sigma,
     make_betas,
     rescale_zero_terminal_snr,
