@@ -74,9 +74,9 @@ def generate(
     """
     fn = get_sampler(sampler)
     sigmas = make_grid(grid, steps, process) if isinstance(grid, str) else check_grid(grid)
-    sigmas = sigmas.to(device=device, dtype=torch.float64)
+    sigmas = sigmas.to(torch.float64)  # coefficients stay float64; samplers move levels to x.device
     x = randn(shape, generator=generator, device=device, dtype=dtype) * process.prior_std(float(sigmas[0]))
-    return fn(denoiser, x, sigmas.to(dtype), cond=cond, generator=generator, callback=callback, **options)
+    return fn(denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, **options)
 
 
 __all__ = [

@@ -36,18 +36,29 @@ def check_grid(grid: Tensor, x: Tensor | None = None) -> Tensor:
     return grid
 
 
+def _levels(grid: Tensor, x: Tensor) -> tuple[Tensor, list[float]]:
+    """The grid as tensors for the denoiser and as float64 Python numbers for coefficients.
+
+    Coefficients computed from Python floats cost no tensor op, no device sync on a GPU,
+    and keep float64 precision whatever the sample's dtype (1 - alpha_bar ratios of ~1e-4).
+    """
+    g = check_grid(grid)
+    return g.to(device=x.device, dtype=x.dtype), g.double().tolist()
+
+
 def _check_option(name: str, value: float, lo: float = 0.0, hi: float = math.inf) -> float:
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
     return float(value)
 
 
-def _report(callback, i, n, x, s, s_next, x0):
+def _report(callback, i, n, x, sig, x0):
     if callback is not None:
-        callback(StepInfo(step=i, total=n, x=x, sigma=s, sigma_next=s_next, x0_hat=x0))
+        callback(StepInfo(step=i, total=n, x=x, sigma=sig[i], sigma_next=sig[i + 1], x0_hat=x0))
 
 
-def _denoise(denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
+def _denoise(denoiser: Denoiser, x: Tensor, sigma: float | Tensor, cond: Cond) -> Tensor:
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
     return denoiser(x, sigma.expand(x.shape[0]), cond)
 
 
@@ -74,24 +85,26 @@ def sample_ddpm(
     """
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = _denoise(denoiser, x, s, cond)
+        s, s_next = sl[i], sl[i + 1]
+        x0 = _denoise(denoiser, x, sig[i], cond)
         # 1. VP quantities between the two levels.
-        ab, ab_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+        ab, ab_next = 1 / (1 + s * s), 1 / (1 + s_next * s_next)
         alpha = ab / ab_next
         beta = 1 - alpha
-        # 2. Posterior mean in the VP scale of x_t = sqrt(alpha_bar) x_ve (Ho et al. eq. 7).
-        xt = x * ab.sqrt()
-        mean = (ab_next.sqrt() * beta / (1 - ab)) * x0 + (alpha.sqrt() * (1 - ab_next) / (1 - ab)) * xt
-        # 3. Add sigma_t z except on the last step, then return to VE scale.
+        # 2. Posterior mean (Ho et al. eq. 7) in VP scale x_t = sqrt(alpha_bar) x, divided by
+        #    sqrt(alpha_bar') to return to VE scale.
+        c_x0 = beta / (1 - ab)
+        c_xt = math.sqrt(alpha) * (1 - ab_next) / (1 - ab) * math.sqrt(ab / ab_next)
+        x_next = torch.add(x0 * c_x0, x, alpha=c_xt)
+        # 3. Add sigma_t z except on the last step.
         if s_next > 0:
             var = beta * (1 - ab_next) / (1 - ab) if variance == "beta_tilde" else beta
-            mean = mean + var.sqrt() * randn_like(x, generator)
-        x = mean / ab_next.sqrt()
-        _report(callback, i, n, x, s, s_next, x0)
+            x_next = x_next.add_(randn_like(x, generator), alpha=math.sqrt(var / ab_next))
+        x = x_next
+        _report(callback, i, n, x, sig, x0)
     return x
 
 
@@ -109,33 +122,33 @@ def sample_ddim(
     """DDIM, Song et al. 2021 eq. 12; eta = 0 is deterministic, eta = 1 is DDPM-like.
 
     x_{t'} = sqrt(ab') x0 + sqrt(1 - ab' - s_eta^2) eps + s_eta z with
-    s_eta = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab'), written in VE scale.
+    s_eta = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab'); in VE scale (divided by
+    sqrt(ab'), eps = (x - x0) / sigma) the deterministic part is lerp(x0, x, c).
     """
     eta = _check_option("eta", eta)
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = _denoise(denoiser, x, s, cond)
-        eps = (x - x0) / s
-        ab, ab_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
-        s_eta = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
-        dir_coef = (1 - ab_next - s_eta**2).clamp(min=0).sqrt()
-        x_vp = ab_next.sqrt() * x0 + dir_coef * eps
-        if eta > 0 and s_next > 0:
-            x_vp = x_vp + s_eta * randn_like(x, generator)
-        x = x_vp / ab_next.sqrt()
-        _report(callback, i, n, x, s, s_next, x0)
+        s, s_next = sl[i], sl[i + 1]
+        x0 = _denoise(denoiser, x, sig[i], cond)
+        ab, ab_next = 1 / (1 + s * s), 1 / (1 + s_next * s_next)
+        s_eta = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
+        dir_coef = math.sqrt(max(1 - ab_next - s_eta**2, 0.0))
+        x_next = torch.lerp(x0, x, dir_coef / (math.sqrt(ab_next) * s))
+        if s_eta > 0 and s_next > 0:
+            x_next = x_next.add_(randn_like(x, generator), alpha=s_eta / math.sqrt(ab_next))
+        x = x_next
+        _report(callback, i, n, x, sig, x0)
     return x
 
 
 def _churn(x, s, n, generator, churn, s_tmin, s_tmax, s_noise):
     """EDM Algorithm 2 lines 4-6: raise the level to s_hat = s (1 + gamma) with fresh noise."""
-    gamma = min(churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
-    if gamma == 0:
+    if churn == 0 or not s_tmin <= s <= s_tmax:
         return x, s
+    gamma = min(churn / n, math.sqrt(2) - 1)
     s_hat = s * (1 + gamma)
-    return x + (s_hat**2 - s**2).sqrt() * s_noise * randn_like(x, generator), s_hat
+    return x + math.sqrt(s_hat**2 - s**2) * s_noise * randn_like(x, generator), s_hat
 
 
 @torch.no_grad()
@@ -152,17 +165,19 @@ def sample_euler(
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
 ) -> Tensor:
-    """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. eq. 3)."""
+    """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. eq. 3).
+
+    x' = x + (s' - s) (x - x0) / s = lerp(x0, x, s' / s).
+    """
     _check_option("churn", churn)
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
+        s, s_next = sl[i], sl[i + 1]
         x, s_hat = _churn(x, s, n, generator, churn, s_tmin, s_tmax, s_noise)
         x0 = _denoise(denoiser, x, s_hat, cond)
-        d = (x - x0) / s_hat
-        x = x + (s_next - s_hat) * d
-        _report(callback, i, n, x, s, s_next, x0)
+        x = torch.lerp(x0, x, s_next / s_hat)
+        _report(callback, i, n, x, sig, x0)
     return x
 
 
@@ -185,19 +200,19 @@ def sample_heun(
     2 NFE per step, 1 on the last step (to sigma = 0), where the Euler step is kept.
     """
     _check_option("churn", churn)
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
+        s, s_next = sl[i], sl[i + 1]
         x_hat, s_hat = _churn(x, s, n, generator, churn, s_tmin, s_tmax, s_noise)
         x0 = _denoise(denoiser, x_hat, s_hat, cond)
         d = (x_hat - x0) / s_hat
         x = x_hat + (s_next - s_hat) * d
         if s_next > 0:
-            x0_next = _denoise(denoiser, x, s_next, cond)
+            x0_next = _denoise(denoiser, x, sig[i + 1], cond)
             d_next = (x - x0_next) / s_next
-            x = x_hat + (s_next - s_hat) * (d + d_next) / 2
-        _report(callback, i, n, x, s, s_next, x0)
+            x = x_hat + (s_next - s_hat) / 2 * (d + d_next)
+        _report(callback, i, n, x, sig, x0)
     return x
 
 
@@ -219,17 +234,17 @@ def sample_euler_ancestral(
     so that the marginal at s' has variance s'^2 around x0 as the forward process does.
     """
     eta = _check_option("eta", eta)
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = _denoise(denoiser, x, s, cond)
-        s_up = torch.minimum(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2).sqrt())
-        s_down = (s_next**2 - s_up**2).sqrt()
-        x = x + (s_down - s) * (x - x0) / s
-        if s_next > 0:
-            x = x + s_up * s_noise * randn_like(x, generator)
-        _report(callback, i, n, x, s, s_next, x0)
+        s, s_next = sl[i], sl[i + 1]
+        x0 = _denoise(denoiser, x, sig[i], cond)
+        s_up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+        s_down = math.sqrt(s_next**2 - s_up**2)
+        x = torch.lerp(x0, x, s_down / s)
+        if s_next > 0 and s_up > 0:
+            x = x.add_(randn_like(x, generator), alpha=s_up * s_noise)
+        _report(callback, i, n, x, sig, x0)
     return x
 
 
@@ -249,25 +264,25 @@ def sample_dpmpp_2m(
     x' = (sigma'/sigma) x - expm1(-h) D_hat, D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
     r = h_{i-1} / h_i; first order on the first step and on the last (to sigma = 0).
     """
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     x0_prev, h_prev = None, None
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = _denoise(denoiser, x, s, cond)
+        s, s_next = sl[i], sl[i + 1]
+        x0 = _denoise(denoiser, x, sig[i], cond)
         if s_next == 0:
             x = x0
         else:
-            h = s.log() - s_next.log()
+            h = math.log(s / s_next)
+            c = -math.expm1(-h)
             if x0_prev is None:
-                d = x0
+                x = torch.add(x * (s_next / s), x0, alpha=c)
             else:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x = (s_next / s) * x - torch.expm1(-h) * d
+                half_r = 1 / (2 * (h_prev / h))
+                x = torch.add(x * (s_next / s), x0, alpha=c * (1 + half_r)).add_(x0_prev, alpha=-c * half_r)
             h_prev = h
         x0_prev = x0
-        _report(callback, i, n, x, s, s_next, x0)
+        _report(callback, i, n, x, sig, x0)
     return x
 
 
@@ -289,26 +304,27 @@ def sample_dpmpp_2m_sde(
     eta in [0, 1] interpolates towards the ODE solver (eta = 0 is DPM-Solver++(2M)).
     """
     eta = _check_option("eta", eta)
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     x0_prev, h_prev = None, None
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = _denoise(denoiser, x, s, cond)
+        s, s_next = sl[i], sl[i + 1]
+        x0 = _denoise(denoiser, x, sig[i], cond)
         if s_next == 0:
             x = x0
         else:
-            h = s.log() - s_next.log()
+            h = math.log(s / s_next)
             eta_h = eta * h
-            x = (s_next / s) * torch.exp(-eta_h) * x - torch.expm1(-h - eta_h) * x0
+            c = -math.expm1(-h - eta_h)
+            x = torch.add(x * (s_next / s * math.exp(-eta_h)), x0, alpha=c)
             if x0_prev is not None:
-                r = h_prev / h
-                x = x - 0.5 * torch.expm1(-h - eta_h) * (1 / r) * (x0 - x0_prev)
+                half_r = 0.5 * h / h_prev
+                x = x.add_(x0, alpha=c * half_r).add_(x0_prev, alpha=-c * half_r)
             if eta > 0:
-                x = x + s_next * (-torch.expm1(-2 * eta_h)).sqrt() * s_noise * randn_like(x, generator)
+                x = x.add_(randn_like(x, generator), alpha=s_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
             h_prev = h
         x0_prev = x0
-        _report(callback, i, n, x, s, s_next, x0)
+        _report(callback, i, n, x, sig, x0)
     return x
 
 
@@ -342,14 +358,14 @@ def sample_pc_langevin(
     snr = _check_option("snr", snr)
     if int(corrector_steps) != corrector_steps or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
-    sigmas = check_grid(grid, x)
-    n = len(sigmas) - 1
+    sig, sl = _levels(grid, x)
+    n = len(sl) - 1
     B = x.shape[0]
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
+        s, s_next = sl[i], sl[i + 1]
         # 1. Corrector: Langevin MCMC at the current level (Algorithm 4).
         for _ in range(int(corrector_steps)):
-            g = (_denoise(denoiser, x, s, cond) - x) / s**2
+            g = (_denoise(denoiser, x, sig[i], cond) - x) / s**2
             z = randn_like(x, generator)
             g_norm = g.reshape(B, -1).norm(dim=1)
             z_norm = z.reshape(B, -1).norm(dim=1)
@@ -359,10 +375,9 @@ def sample_pc_langevin(
             step = step.reshape(B, *([1] * (x.ndim - 1)))
             x = x + step * g + (2 * step).sqrt() * z
         # 2. Predictor: one step of the reverse-time VE SDE (reverse diffusion, Algorithm 2).
-        x0 = _denoise(denoiser, x, s, cond)
-        g = (x0 - x) / s**2
-        x = x + (s**2 - s_next**2) * g
+        x0 = _denoise(denoiser, x, sig[i], cond)
+        x = torch.lerp(x, x0, (s**2 - s_next**2) / s**2)  # x + (s^2 - s'^2) (x0 - x) / s^2
         if s_next > 0:
-            x = x + (s**2 - s_next**2).sqrt() * randn_like(x, generator)
-        _report(callback, i, n, x, s, s_next, x0)
+            x = x.add_(randn_like(x, generator), alpha=math.sqrt(s**2 - s_next**2))
+        _report(callback, i, n, x, sig, x0)
     return x

@@ -1,0 +1,432 @@
+"""One training loop for every process and network, on one CPU or under torchrun.
+
+Randomness is derived, not carried: the data order of epoch e is a permutation seeded by
+(seed, e), and the noise of step s by (seed, s, rank). Resume therefore needs only the step,
+the weights and the optimizer, and 20 + resume + 20 steps equal 40 straight steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import Config
+from ..data import Data, load_data, random_hflip
+from ..guidance import clip_x0
+from ..images import grid_scale, make_grid, save_png, scatter_image
+from ..models import build_denoiser, build_net, build_process, data_info_of
+from ..objectives import LossModule, draw_noise, sample_sigma
+from ..sampling import generate
+from ..utils import resolve_device, seeded_generators
+from .checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    clean_temporaries,
+    load_train_state,
+    save_model,
+    save_train_state,
+)
+
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+def _mix(*ints: int) -> int:
+    """A 63-bit seed from integers (splitmix64 finaliser over a running hash)."""
+    h = 0x9E3779B97F4A7C15
+    for v in ints:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), resolve_device(device_name)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available() or device_name.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local), device
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
+    """The global batch of ``step``: items [step*B, (step+1)*B) of a stream of seeded epochs."""
+    start, end = step * batch, (step + 1) * batch
+    out = []
+    pos = start
+    while pos < end:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+        take = min(end - pos, n - offset)
+        out.append(perm[offset : offset + take])
+        pos += take
+    return torch.cat(out)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up, then constant or cosine decay to 0 at ``cfg.steps``."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.lr_schedule != "constant":
+        raise ValueError(f"train.lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+    return cfg.lr
+
+
+def ema_beta(nimg: int, batch: int, cfg) -> float:
+    """EMA decay per step from a half-life in images, with EDM's ramp-up (Karras et al. 2022)."""
+    halflife = cfg.ema_halflife_kimg * 1000
+    if cfg.ema_rampup > 0:
+        halflife = min(halflife, nimg * cfg.ema_rampup)
+    return 0.5 ** (batch / max(halflife, 1e-8))
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if resume:
+        if not (out / STATE_FILE).exists():
+            raise ValueError(f"--resume: {str(out)!r} has no {STATE_FILE} to resume from")
+        return
+    if existing and not overwrite:
+        raise ValueError(
+            f"{str(out)!r} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    if existing and overwrite:
+        for f in RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+        for d in ("checkpoints", "samples", "tb"):
+            shutil.rmtree(out / d, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def load_training_data(cfg: Config) -> Data:
+    d = cfg.data
+    size = None if d.size is None else (d.size[0] if len(d.size) == 1 else tuple(d.size))
+    kwargs: dict[str, Any] = {"size": size, "channels": d.channels, "max_bad_fraction": d.max_bad_fraction}
+    if d.keep_aspect:
+        kwargs["keep_aspect"] = True
+    if d.source.startswith("builtin:toy2d"):
+        kwargs["n"] = d.num_points
+        kwargs["seed"] = cfg.train.seed
+    return load_data(d.source, **kwargs)
+
+
+class Trainer:
+    """Holds the pieces of one run; ``run()`` trains until the step or time budget is spent."""
+
+    def __init__(self, cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 data: Data | None = None, progress: bool = True):
+        self.out = Path(out)
+        self.dist, self.device = _init_distributed(cfg.train.device)
+        if self.dist.main:
+            prepare_run_dir(self.out, resume=resume, overwrite=overwrite)
+            self.out.mkdir(parents=True, exist_ok=True)
+            clean_temporaries(self.out)
+        self._barrier()
+        state = None
+        if resume:
+            state = load_train_state(self.out / STATE_FILE)
+            saved = Config.from_dict(state["config"])
+            # The run's own config wins, except for the budget the user asks for now.
+            cfg = type(cfg)(**{**saved.__dict__, "train": type(saved.train)(**{
+                **saved.train.__dict__, "steps": cfg.train.steps, "minutes": cfg.train.minutes})})
+        self.cfg = cfg
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.batch_size % (self.dist.world * t.grad_accum):
+            raise ValueError(
+                f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum "
+                f"= {self.dist.world} x {t.grad_accum}"
+            )
+        self.data = data if data is not None else load_training_data(cfg)
+        if cfg.process.sigma_data is None:  # measured once, then saved with the run
+            sd = float(self.data.x.float().std())
+            cfg = replace(cfg, process=replace(cfg.process, sigma_data=round(sd, 4)))
+            self.cfg = cfg
+        self.data_info = data_info_of(self.data)
+        self.process = build_process(cfg)
+        torch.manual_seed(_mix(t.seed, 0xC0FFEE))
+        net = build_net(cfg, self.data_info).to(self.device)
+        self.channels_last = t.channels_last and self.data.kind == "image"
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.ema = copy.deepcopy(net).eval().requires_grad_(False)
+        self.model = build_denoiser(cfg, net, self.process)
+        o = cfg.objective
+        loss_module: nn.Module = LossModule(self.model, loss=o.loss, weighting=o.weighting,
+                                            min_snr_gamma=o.min_snr_gamma)
+        if t.compile:
+            loss_module = torch.compile(loss_module)
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            loss_module = DDP(loss_module, device_ids=ids)
+        self.loss_module = loss_module
+        self.opt = torch.optim.AdamW(net.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                                     foreach=True)
+        self._net_params = [p.detach() for p in net.parameters()]
+        self._ema_params = list(self.ema.parameters())
+        self.step, self.nimg = 0, 0
+        if state is not None:
+            net.load_state_dict(state["net"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.nimg = int(state["step"]), int(state["nimg"])
+            torch.set_rng_state(state["rng_cpu"])
+        self.progress = progress and self.dist.main
+        self.x_all = self.data.x.to(self.device)
+        self._tb = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _barrier(self):
+        if self.dist.world > 1:
+            dist.barrier()
+
+    def _autocast(self):
+        if not self.cfg.train.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def ema_denoiser(self):
+        den = build_denoiser(self.cfg, self.ema, self.process)
+        return clip_x0(den) if (self.data.kind == "image" and self.cfg.sample.clip) else den
+
+    def _log(self, record: dict) -> None:
+        with (self.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self._tb = False
+        if self._tb:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def save(self) -> None:
+        """Write the inference export and the resume state (rank 0), each atomically."""
+        if not self.dist.main:
+            return
+        (self.out / CONFIG_FILE).write_text(self.cfg.to_json())
+        save_model(self.out / MODEL_FILE, self.ema.state_dict(), self.cfg, self.data_info)
+        state = {
+            "step": self.step,
+            "nimg": self.nimg,
+            "net": self.net.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+            "data_info": self.data_info,
+        }
+        save_train_state(self.out / STATE_FILE, state)
+        keep = self.cfg.train.keep_checkpoints
+        if keep > 0:
+            ck = self.out / "checkpoints"
+            save_train_state(ck / f"train_state-{self.step:08d}.pt", state)
+            old = sorted(ck.glob("train_state-*.pt"))[:-keep]
+            for f in old:
+                f.unlink(missing_ok=True)
+
+    def sample_grid(self) -> Path | None:
+        if not self.dist.main or self.cfg.sample.grid_n <= 0:
+            return None
+        s = self.cfg.sample
+        n = s.grid_n if self.data.kind == "image" else 4000
+        shape = (n, *self.data_info["shape"])
+        gens = seeded_generators(range(n), device=self.device) if self.data.kind == "image" else \
+            torch.Generator(self.device).manual_seed(0)
+        x = generate(self.ema_denoiser(), shape, process=self.process, sampler=s.sampler, steps=s.steps,
+                     grid=s.grid if not (s.grid in ("leading", "trailing", "linspace", "ddim", "full")
+                                         and self.cfg.process.kind != "vp") else "karras",
+                     generator=gens, device=self.device)
+        path = self.out / "samples" / f"step-{self.step:08d}.png"
+        if self.data.kind == "image":
+            save_png(make_grid(x, scale=grid_scale(x.shape[-2])), path)
+        else:
+            save_png(scatter_image(x), path)
+        return path
+
+    # -- the loop --------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        t, d = self.cfg.train, self.dist
+        idx = batch_indices(self.step, t.batch_size, len(self.data), t.seed)
+        idx = idx[d.rank :: d.world]  # this process's share of the global batch
+        gen = torch.Generator(self.device).manual_seed(_mix(t.seed, self.step, d.rank, 1))
+        torch.manual_seed(_mix(t.seed, self.step, d.rank, 2))  # dropout
+        lr = lr_at(self.step, t)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        micro = idx.chunk(t.grad_accum)
+        for k, mi in enumerate(micro):
+            x0 = self.x_all[mi.to(self.device)]
+            if self.cfg.data.hflip and x0.ndim == 4:
+                x0 = random_hflip(x0, gen)
+            if self.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            o = self.cfg.objective
+            sigma = sample_sigma(self.process, len(x0), generator=gen, device=self.device,
+                                 p_mean=o.p_mean, p_std=o.p_std)
+            noise = draw_noise(x0, gen)
+            sync = contextlib.nullcontext()
+            if d.world > 1 and k < len(micro) - 1:
+                sync = self.loss_module.no_sync()
+            with sync, self._autocast():
+                loss = self.loss_module(x0, sigma, noise, None).mean()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at step {self.step}: training stopped and the last good "
+                    f"checkpoint in {str(self.out)!r} was kept; lower train.lr, enable train.grad_clip, or "
+                    "check the data for NaN values"
+                )
+            (loss / len(micro)).backward()
+            total += loss.item() / len(micro)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")
+        )
+        if not torch.isfinite(grad_norm):
+            raise TrainingDiverged(
+                f"the gradient norm became {grad_norm.item()} at step {self.step}: stopped, last good checkpoint "
+                f"kept in {str(self.out)!r}; lower train.lr or enable train.grad_clip"
+            )
+        self.opt.step()
+        self.nimg += t.batch_size
+        beta = ema_beta(self.nimg, t.batch_size, t)
+        with torch.no_grad():
+            torch._foreach_lerp_(self._ema_params, self._net_params, 1 - beta)
+            for be, b in zip(self.ema.buffers(), self.net.buffers()):
+                be.copy_(b)
+        if d.world > 1:
+            loss_t = torch.tensor([total], device=self.device)
+            dist.all_reduce(loss_t)
+            total = loss_t.item() / d.world
+        self.step += 1
+        return {"loss": total, "lr": lr, "grad_norm": float(grad_norm)}
+
+    def run(self) -> dict:
+        t = self.cfg.train
+        start_time = time.time()
+        deadline = start_time + t.minutes * 60 if t.minutes else math.inf
+        bar = None
+        if self.progress:
+            import sys
+
+            from tqdm import tqdm
+
+            bar = tqdm(total=t.steps if t.steps < 10**9 else None, initial=self.step, unit="step",
+                       dynamic_ncols=True, desc=f"train {self.out.name}",
+                       mininterval=0.5 if sys.stderr.isatty() else 30)
+        last: dict = {}
+        tick, tick_img = time.time(), self.nimg
+        reason = "steps"
+        with _Stop() as stop:
+            while self.step < t.steps:
+                code = 2 if stop.requested else 1 if time.time() >= deadline else 0
+                if self.dist.world > 1:  # every rank must stop at the same step
+                    flag = torch.tensor([code], device=self.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    code = int(flag.item())
+                if code:
+                    reason = "signal" if code == 2 else "minutes"
+                    break
+                last = self.train_step()
+                if bar is not None:
+                    bar.update(1)
+                if self.dist.main and (self.step % t.log_every == 0 or self.step == t.steps):
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+                    now = time.time()
+                    rate = (self.nimg - tick_img) / max(now - tick, 1e-9)
+                    tick, tick_img = now, self.nimg
+                    self._log({"step": self.step, **last, "img_per_s": rate, "nimg": self.nimg,
+                               "time": now - start_time})
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save()
+                if t.sample_every and self.step % t.sample_every == 0:
+                    self.sample_grid()
+                self._barrier() if (t.checkpoint_every and self.step % t.checkpoint_every == 0) else None
+        if bar is not None:
+            bar.close()
+        self.save()
+        grid = self.sample_grid()
+        self._barrier()
+        if self._tb:
+            self._tb.close()
+        return {"step": self.step, "stopped_by": reason, "grid": str(grid) if grid else None, **last,
+                "seconds": time.time() - start_time}
+
+
+def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+          data: Data | None = None, progress: bool = True) -> dict:
+    """Train a run to ``out``; returns a summary (steps, last loss, what stopped it)."""
+    return Trainer(cfg, out, resume=resume, overwrite=overwrite, data=data, progress=progress).run()
