@@ -39,7 +39,7 @@ class ModelConfig:
     base_channels: int | None = None  # U-Net width at the top level; None: sized to the data
     channel_mult: tuple[int, ...] | None = None  # width multiplier per level; None: sized to the data
     num_res_blocks: int | None = None  # residual blocks per level
-    attn_resolutions: tuple[int, ...] | None = None  # feature-map sizes with self-attention
+    attn_resolutions: tuple[int, ...] | None = None  # downsampling factors with self-attention (1 = full size)
     dropout: float = 0.0  # dropout inside residual blocks
     hidden: int = 256  # MLP width
     depth: int = 4  # MLP residual blocks
@@ -82,7 +82,7 @@ class TrainConfig:
     ema_rampup: float = 0.05  # EMA half-life at most this fraction of images seen; 0 disables
     bf16: bool = False  # bfloat16 autocast (CPU and CUDA)
     compile: bool = False  # torch.compile the network
-    channels_last: bool = True  # channels-last memory format for image networks
+    channels_last: bool | None = None  # channels-last image layout; None: on CUDA only (slower on CPU)
     seed: int = 0  # seed of data order, noise and initialization
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     log_every: int = 25  # steps between metrics.jsonl lines

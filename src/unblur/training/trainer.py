@@ -210,7 +210,8 @@ class Trainer:
         self.process = build_process(cfg)
         torch.manual_seed(_mix(t.seed, 0xC0FFEE))
         net = build_net(cfg, self.data_info).to(self.device)
-        self.channels_last = t.channels_last and self.data.kind == "image"
+        wants_cl = self.device.type == "cuda" if t.channels_last is None else t.channels_last
+        self.channels_last = wants_cl and self.data.kind == "image"
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
