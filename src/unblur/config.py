@@ -41,7 +41,7 @@ class ModelConfig:
     num_res_blocks: int | None = None  # residual blocks per level
     attn_resolutions: tuple[int, ...] | None = None  # downsampling factors with self-attention (1 = full size)
     dropout: float = 0.0  # dropout inside residual blocks
-    hidden: int = 256  # MLP width
+    hidden: int = 128  # MLP width
     depth: int = 4  # MLP residual blocks
 
 
