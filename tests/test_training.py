@@ -68,8 +68,11 @@ def test_run_folder_holds_the_artefacts_and_samples_with_no_flags(tmp_path, caps
     out2 = tmp_path / "samples2"
     main(["sample", str(run), "--n", "5", "--batch", "5", "--steps", "3", "--out", str(out2)])
     assert __import__("numpy").allclose(arr, __import__("numpy").load(out2 / "samples.npy"), atol=1e-5)
+    capsys.readouterr()
     assert main(["info", str(run)]) == 0
-    assert "parameters" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    n_params = sum(v.numel() for v in state.values())
+    assert f"{n_params:,} parameters" in text and "steps" in text
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, capsys):

@@ -140,7 +140,7 @@ def cmd_info(args) -> int:
 
     cfg, info, net, process, denoiser, dev = load_run(args.run, "cpu")
     run = Path(args.run)
-    params = count_parameters(net)
+    params = count_parameters(net, trainable_only=False)  # a loaded run has gradients off
     x = torch.zeros(1, *info["shape"])
     flops = forward_flops(net, x, torch.zeros(1), None)
     steps = "?"
