@@ -66,7 +66,9 @@ def build_net(cfg: Config, data_info: dict) -> nn.Module:
     if "base_channels" in overrides:
         overrides["norm_groups"] = min(32, overrides["base_channels"])
     ucfg = dataclasses.replace(ucfg, dropout=m.dropout, noise_embed_scale=embed_scale, **overrides)
-    return UNet(ucfg)
+    from .conditioning import condition_net
+
+    return condition_net(cfg, data_info, ucfg)
 
 
 def build_denoiser(cfg: Config, net: nn.Module, process: GaussianProcess) -> Precond:
