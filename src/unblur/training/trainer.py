@@ -172,6 +172,9 @@ def load_training_data(cfg: Config) -> Data:
     if d.source.startswith("builtin:toy2d"):
         kwargs["n"] = d.num_points
         kwargs["seed"] = cfg.train.seed
+    if d.source.startswith("builtin:shapes"):
+        kwargs["n"] = d.num_images
+        kwargs["seed"] = cfg.train.seed
     return load_data(d.source, **kwargs)
 
 
