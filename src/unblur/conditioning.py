@@ -253,3 +253,146 @@ class Conditioner:
         if self.labels is not None:
             cond["class"] = torch.arange(n, device=self.device) % self.num_classes
         return cond
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+
+def load_cond_image(path: str | Path, channels: int, size: tuple[int, int]) -> Tensor:
+    """An image file as (1, channels, H, W) in [-1, 1], resized (bicubic) to the model's size."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--image {str(path)!r} does not exist: give an image file (PNG, JPEG, ...)")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img = img.convert("L" if channels == 1 else "RGB")
+            a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    except OSError as e:
+        raise ValueError(f"--image {str(path)!r} cannot be read as an image ({e})") from None
+    t = torch.from_numpy(a)
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]  # (1, C, h, w)
+    if tuple(t.shape[-2:]) != tuple(size):
+        shrink = t.shape[-2] > size[0] or t.shape[-1] > size[1]
+        t = F.interpolate(t, size=tuple(size), mode="bicubic", align_corners=False, antialias=shrink)
+    return t.clamp(-1, 1)
+
+
+class SampleContext:
+    """The contexts ``unblur sample`` asks for: classes, prompts, a negative prompt, an image.
+
+    Every combination of the given classes and prompts gets ``n`` samples; a class-conditional
+    run given no class draws the classes in turn. ``guidance`` defaults to ``cond.guidance``
+    for class and text contexts and to 1 for an image alone.
+    """
+
+    def __init__(self, cfg: Config, info: dict, net: nn.Module, device: torch.device, *,
+                 classes: Sequence[str] = (), prompts: Sequence[str] = (), negative: str | None = None,
+                 image: str | None = None, guidance: float | None = None, run: str = "this run"):
+        c = cfg.cond
+        self.cfg, self.net, self.device = cfg, net, device
+        names = info.get("class_names") or []
+        self.num_classes = len(names) if c.classes else 0
+        self.class_names = names
+        if classes and not c.classes:
+            raise ValueError(f"{run} is not class-conditional (it was trained with cond.classes=false): drop --class")
+        self.classes = [class_index(v, names) for v in classes]
+        has_text = c.text_encoder not in ("none", "")
+        if (prompts or negative is not None) and not has_text:
+            raise ValueError(f"{run} has no text conditioning (cond.text_encoder=none): drop --prompt")
+        from .text.encoders import check_prompts
+
+        self.prompts = check_prompts(prompts) if prompts else []
+        self.negative = check_prompts([negative])[0] if negative is not None else None
+        if image is not None and c.image == "none":
+            raise ValueError(f"{run} takes no image (cond.image=none): drop --image")
+        self.image, self.image_path = None, image
+        if image is not None:
+            C, H, W = info["shape"]
+            self.image = load_cond_image(image, C, (H, W)).to(device)
+        self.learned = c.text_encoder == "learned"
+        self._text: dict[str, tuple[Tensor, Tensor]] = {}
+        wanted = self.prompts + ([self.negative] if self.negative is not None else [])
+        if wanted:
+            if self.learned:
+                from .text import HashTokenizer
+
+                ids, mask = HashTokenizer(max_tokens=c.max_tokens)(wanted)
+            else:
+                from .text import get_text_encoder
+
+                enc = get_text_encoder(c.text_encoder, max_tokens=c.max_tokens, device=device)
+                if info.get("text_dim") not in (None, enc.dim):
+                    raise ValueError(f"{run} was trained on {info['text_dim']}-wide text features, but "
+                                     f"{c.text_encoder!r} gives {enc.dim}")
+                ids, mask = enc.encode(wanted)
+            self._text = {p: (ids[k], mask[k]) for k, p in enumerate(wanted)}
+        self.conditional = bool(self.classes or self.prompts or self.image is not None or self.num_classes)
+        if guidance is None:
+            guidance = float(c.guidance) if (self.num_classes or self.prompts) else 1.0
+        self.guidance = float(guidance)
+        if self.guidance < 0:
+            raise ValueError(f"--guidance must be >= 0, got {guidance}")
+
+    def requests(self, n: int) -> list[dict]:
+        """One dict per sample: ``{"class": index or None, "prompt": text or None}``."""
+        if self.classes or self.prompts:
+            combos = [(k, p) for k in (self.classes or [None]) for p in (self.prompts or [None])]
+            return [{"class": k, "prompt": p} for k, p in combos for _ in range(n)]
+        if self.num_classes:
+            return [{"class": i % self.num_classes, "prompt": None} for i in range(n)]
+        return [{"class": None, "prompt": None} for _ in range(n)]
+
+    def record(self, req: dict) -> dict:
+        """What samples.jsonl says about a sample's context."""
+        out: dict = {"guidance": self.guidance if self.conditional else None}
+        if req["class"] is not None:
+            out["class"] = req["class"]
+            out["class_name"] = self.class_names[req["class"]]
+        if req["prompt"] is not None:
+            out["prompt"] = req["prompt"]
+        if self.negative is not None:
+            out["negative_prompt"] = self.negative
+        if self.image_path is not None:
+            out["image"] = str(self.image_path)
+        return out
+
+    def cond(self, reqs: list[dict]) -> tuple[Cond, Cond]:
+        """(context, unconditional context) of a batch of requests, same keys and shapes."""
+        if not self.conditional:
+            return None, None
+        B, dev = len(reqs), self.device
+        cond: dict[str, Tensor] = {}
+        if self.num_classes:
+            cond["class"] = torch.tensor([r["class"] for r in reqs], dtype=torch.long, device=dev)
+        if self._text:
+            some = next(iter(self._text.values()))
+            rows, masks = [], []
+            for r in reqs:
+                f, m = self._text[r["prompt"]] if r["prompt"] is not None else (torch.zeros_like(some[0]),
+                                                                                  torch.zeros_like(some[1]))
+                rows.append(f)
+                masks.append(m)
+            key = "text_ids" if self.learned else "text"
+            cond[key] = torch.stack(rows).to(dev)
+            cond["text_mask"] = torch.stack(masks).to(dev).bool()
+        if self.image is not None:
+            cond["image"] = self.image.expand(B, -1, -1, -1)
+        uncond = null_cond(cond, self.num_classes)
+        if self.negative is not None:
+            f, m = self._text[self.negative]
+            key = "text_ids" if self.learned else "text"
+            uncond[key] = f[None].expand(B, *f.shape).to(dev)
+            uncond["text_mask"] = m[None].expand(B, *m.shape).to(dev).bool()
+        return cond, uncond
+
+    def denoiser(self, base, cond: Cond, uncond: Cond):
+        """``base`` guided towards ``cond`` (one batched forward for both halves)."""
+        if cond is None or self.guidance == 1.0:
+            return base
+        from .guidance import cfg as guide
+
+        return guide(base, self.guidance, uncond)

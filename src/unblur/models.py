@@ -37,7 +37,7 @@ def data_info_of(data) -> dict:
 
 
 def build_net(cfg: Config, data_info: dict) -> nn.Module:
-    from .nets import MLPConfig, MLPDenoiserNet, UNet, default_unet_config
+    from .nets import MLPConfig, MLPDenoiserNet, default_unet_config
 
     m = cfg.model
     kind = m.kind
