@@ -98,7 +98,7 @@ def render(item: ShapeItem, size: tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE)
     side = min(H, W) * k
     for s in item.shapes:
         _draw(draw, s.shape, s.cx * W * k, s.cy * H * k, s.extent * side, COLOURS[s.colour])
-    return np.asarray(img.resize((W, H), Image.Resampling.BOX), dtype=np.uint8)
+    return np.array(img.resize((W, H), Image.Resampling.BOX), dtype=np.uint8)
 
 
 def coverage(kind: str, cx: float, cy: float, e: float, size: tuple[int, int]) -> np.ndarray:
