@@ -140,7 +140,7 @@ def cmd_text(args) -> None:
     data = load_shapes(n=args.images, seed=0, exclude=HELD_OUT)
     cfg = apply_overrides(Config(), {
         "data.source": "builtin:shapes", "cond.text_encoder": "minilm", "cond.dropout": 0.1,
-        "model.base_channels": args.width, "train.minutes": args.minutes, "train.steps": args.steps or 10**9,
+        "model.base_channels": args.width, "model.num_res_blocks": args.blocks, "train.minutes": args.minutes, "train.steps": args.steps or 10**9,
         "train.sample_every": 0, "train.checkpoint_every": 0, "sample.grid_n": 16, "train.threads": args.threads,
         "train.batch_size": args.batch,
     })
@@ -184,6 +184,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=10000, help="text: training images")
     p.add_argument("--width", type=int, default=32, help="text: U-Net base channels")
     p.add_argument("--batch", type=int, default=64, help="text: batch size")
+    p.add_argument("--blocks", type=int, default=1, help="text: U-Net residual blocks per level")
     p.add_argument("--grid", default=None, help="text: PNG of prompts' samples")
     args = p.parse_args()
     if args.guidance is None:
