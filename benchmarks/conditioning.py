@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -134,18 +133,19 @@ HELD_OUT = [("red", "triangle"), ("green", "circle"), ("blue", "cross"), ("yello
 def cmd_text(args) -> None:
     from unblur.data.shapes import load_shapes, make_items
     from unblur.data.shapes_check import check_item
-    from unblur.images import make_grid, save_png
+    from unblur.images import save_png
     from unblur.text import get_text_encoder
 
     data = load_shapes(n=args.images, seed=0, exclude=HELD_OUT)
     cfg = apply_overrides(Config(), {
         "data.source": "builtin:shapes", "cond.text_encoder": "minilm", "cond.dropout": 0.1,
-        "model.base_channels": args.width, "model.num_res_blocks": args.blocks, "train.minutes": args.minutes, "train.steps": args.steps or 10**9,
+        "model.base_channels": args.width, "model.num_res_blocks": args.blocks,
+        "train.minutes": args.minutes, "train.steps": args.steps or 10**9,
         "train.sample_every": 0, "train.checkpoint_every": 0, "sample.grid_n": 16, "train.threads": args.threads,
         "train.batch_size": args.batch,
     })
     tr, seconds = train(cfg, Path(args.out) / "text", data=data)
-    items = make_items(200, seed=12345, only=HELD_OUT)
+    items = make_items(args.prompts, seed=12345, only=HELD_OUT)
     enc = get_text_encoder("minilm", max_tokens=cfg.cond.max_tokens)
     feats, mask = enc.encode([it.caption for it in items])
     cond = {"text": feats, "text_mask": mask}
@@ -156,18 +156,36 @@ def cmd_text(args) -> None:
         rows.append((w, np.mean([r["colour"] for r in res]), np.mean([r["shape"] for r in res])))
         grids[w] = x
     print(f"\ntext-to-image on builtin:shapes (MiniLM): {seconds / 60:.1f} min CPU training on {len(data)} images, "
-          f"200 prompts of held-out combinations {HELD_OUT}, dpmpp-2m 20 steps")
+          f"{len(items)} prompts of held-out combinations {HELD_OUT}, dpmpp-2m 20 steps")
     print("| guidance | colour accuracy | shape accuracy |")
     print("|---|---|---|")
     for w, c, s in rows:
         print(f"| {w:g} | {c:.3f} | {s:.3f} |")
     if args.grid:
         w = 3.0 if 3.0 in grids else args.guidance[-1]
-        show = grids[w][:48]
-        save_png(make_grid(show, nrow=8, scale=3), args.grid)
-        Path(args.grid).with_suffix(".json").write_text(json.dumps(
-            {"guidance": w, "prompts_row_major": [it.caption for it in items[:48]]}, indent=1))
-        print(f"grid of the first 48 prompts at guidance {w:g}: {args.grid} (prompts beside it in .json)")
+        save_png(prompt_grid(grids[w][:24], [it.caption for it in items[:24]]), args.grid)
+        print(f"grid of the first 24 prompts at guidance {w:g}: {args.grid}")
+
+
+def prompt_grid(x, captions, cols: int = 6, scale: int = 4):
+    """A picture of samples with their prompts written under them."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    from unblur.images import to_pil
+
+    H, W = x.shape[-2:]
+    cw, ch = W * scale + 12, H * scale + 44
+    rows = -(-len(x) // cols)
+    canvas = Image.new("RGB", (cols * cw, rows * ch), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, cap) in enumerate(zip(x, captions)):
+        r, c = divmod(i, cols)
+        canvas.paste(to_pil(img).resize((W * scale, H * scale), Image.NEAREST), (c * cw + 6, r * ch + 4))
+        for k, line in enumerate(textwrap.wrap(cap, 22)[:3]):
+            draw.text((c * cw + 6, r * ch + H * scale + 6 + 11 * k), line, fill=(0, 0, 0))
+    return canvas
 
 
 def main() -> None:
@@ -184,6 +202,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=10000, help="text: training images")
     p.add_argument("--width", type=int, default=32, help="text: U-Net base channels")
     p.add_argument("--batch", type=int, default=64, help="text: batch size")
+    p.add_argument("--prompts", type=int, default=200, help="text: held-out prompts")
     p.add_argument("--blocks", type=int, default=1, help="text: U-Net residual blocks per level")
     p.add_argument("--grid", default=None, help="text: PNG of prompts' samples")
     args = p.parse_args()
