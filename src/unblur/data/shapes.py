@@ -110,13 +110,18 @@ def coverage(kind: str, cx: float, cy: float, e: float, size: tuple[int, int]) -
     return np.asarray(img.resize((W, H), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
+def _a(word: str) -> str:
+    """The indefinite article for ``word``."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _single_caption(rng, colour, shape, size, position, bg) -> str:
     forms = [
-        f"a {colour} {shape} on a {bg} background",
+        f"{_a(colour)} {colour} {shape} on a {bg} background",
         f"{size} {colour} {shape}, {position}",
         f"a {size} {colour} {shape} at the {position} on {bg}",
         f"{colour} {shape}",
-        f"a picture of a {colour} {shape} on {bg}",
+        f"a picture of {_a(colour)} {colour} {shape} on {bg}",
         f"{bg} background with a {size} {colour} {shape}",
     ]
     return forms[int(rng.integers(len(forms)))]
@@ -125,9 +130,9 @@ def _single_caption(rng, colour, shape, size, position, bg) -> str:
 def _pair_caption(rng, a: Shape, rel: str, b: Shape, bg: str) -> str:
     r = RELATIONS[rel]
     forms = [
-        f"a {a.colour} {a.shape} {r} a {b.colour} {b.shape}",
+        f"{_a(a.colour)} {a.colour} {a.shape} {r} {_a(b.colour)} {b.colour} {b.shape}",
         f"{a.colour} {a.shape} {r} {b.colour} {b.shape} on {bg}",
-        f"a {a.colour} {a.shape} {r} a {b.colour} {b.shape} on a {bg} background",
+        f"{_a(a.colour)} {a.colour} {a.shape} {r} {_a(b.colour)} {b.colour} {b.shape} on a {bg} background",
     ]
     return forms[int(rng.integers(len(forms)))]
 
