@@ -331,6 +331,9 @@ class SampleContext:
                 ids, mask = enc.encode(wanted)
             self._text = {p: (ids[k], mask[k]) for k, p in enumerate(wanted)}
         self.conditional = bool(self.classes or self.prompts or self.image is not None or self.num_classes)
+        if guidance is not None and not self.conditional:
+            raise ValueError(f"--guidance needs a context to guide towards, and {run} is given none: add --class, "
+                             "--prompt or --image, or drop --guidance")
         if guidance is None:
             guidance = float(c.guidance) if (self.num_classes or self.prompts) else 1.0
         self.guidance = float(guidance)
