@@ -264,3 +264,23 @@ def test_cli_text_to_image_with_minilm_end_to_end(tmp_path):
     assert np.load(out / "samples.npy").shape == (3, 3, 16, 16)
     r = _cli("sample", run, "--n", 1, "--prompt", " ", "--out", out)
     assert r.returncode == 2 and "prompt 0 is empty" in r.stderr
+
+
+def test_any_local_hugging_face_encoder_folder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from unblur.text import get_text_encoder, text_feature_dim
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "on", "white"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tok.save_pretrained(tmp_path)
+    cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    transformers.BertModel(cfg).save_pretrained(tmp_path)
+    assert text_feature_dim(str(tmp_path)) == 24
+    enc = get_text_encoder(str(tmp_path), max_tokens=6)
+    f, m = enc.encode(["a red circle", "blue"])
+    assert f.shape == (2, 5, 24) and m.tolist() == [[True] * 5, [True] * 3 + [False] * 2]
+    assert enc.identity != get_text_encoder(str(tmp_path), max_tokens=5).identity
+    with pytest.raises(ValueError, match="never downloads"):
+        text_feature_dim("no-such-owner/no-such-encoder")
