@@ -313,8 +313,10 @@ class Trainer:
         gens = seeded_generators(range(n), device=self.device) if self.data.kind == "image" else \
             torch.Generator(self.device).manual_seed(0)
         den, cond = self.ema_denoiser(), self.conditioner.grid_cond(n)
-        if cond is not None and self.conditioner.guidance != 1.0:
-            den = guide(den, self.conditioner.guidance, self.conditioner.null(cond))
+        if cond is not None and self.conditioner.guidance != 1.0:  # guide first, then clip
+            den = guide(build_denoiser(self.cfg, self.ema, self.process), self.conditioner.guidance,
+                        self.conditioner.null(cond))
+            den = clip_x0(den) if self.cfg.sample.clip else den
         x = generate(den, shape, cond=cond, process=self.process, sampler=s.sampler, steps=s.steps,
                      grid=s.grid if not (s.grid in ("leading", "trailing", "linspace", "ddim", "full")
                                          and self.cfg.process.kind != "vp") else "karras",
