@@ -83,6 +83,7 @@ def _sample(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from .conditioning import SampleContext
     from .guidance import clip_x0
     from .images import grid_scale, make_grid, save_png, scatter_image, to_pil
     from .sampling import generate, nfe
@@ -96,19 +97,31 @@ def _sample(args) -> int:
     if args.n < 1 or args.batch < 1:
         raise ValueError(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
     is_image = info["kind"] == "image"
-    if is_image and s.clip:
-        denoiser = clip_x0(denoiser)
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        pf = Path(args.prompt_file)
+        if not pf.is_file():
+            raise ValueError(f"--prompt-file {str(pf)!r} does not exist: give a text file with one prompt per line")
+        prompts += [line.strip() for line in pf.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ctx = SampleContext(cfg, info, net, dev, classes=args.class_ or [], prompts=prompts,
+                        negative=args.negative_prompt, image=args.image, guidance=args.guidance, run=str(args.run))
+    reqs = ctx.requests(args.n)
+    base = denoiser
     out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{sampler}-{steps}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     shape = tuple(info["shape"])
     chunks = []
-    total_steps = -(-args.n // args.batch) * steps
+    total_steps = -(-len(reqs) // args.batch) * steps
     bar = tqdm(total=total_steps, unit="step", desc=f"sample {sampler} x{steps}", dynamic_ncols=True)
     t0 = time.time()
-    for start in range(0, args.n, args.batch):
-        b = min(args.batch, args.n - start)
+    for start in range(0, len(reqs), args.batch):
+        b = min(args.batch, len(reqs) - start)
         gens = seeded_generators(range(args.seed + start, args.seed + start + b), device=dev)
-        x = generate(denoiser, (b, *shape), process=process, sampler=sampler, steps=steps, grid=grid,
+        cond, uncond = ctx.cond(reqs[start : start + b])
+        denoiser = ctx.denoiser(base, cond, uncond)
+        if is_image and s.clip:
+            denoiser = clip_x0(denoiser)
+        x = generate(denoiser, (b, *shape), process=process, sampler=sampler, steps=steps, grid=grid, cond=cond,
                      generator=gens, device=dev, callback=lambda info_: bar.update(1))
         chunks.append(x.float().cpu())
     bar.close()
@@ -126,7 +139,7 @@ def _sample(args) -> int:
     with (out / "samples.jsonl").open("w") as f:
         for i in range(len(x)):
             f.write(json.dumps({"index": i, "seed": args.seed + i, "sampler": sampler, "steps": steps,
-                                "grid": grid}) + "\n")
+                                "grid": grid, **ctx.record(reqs[i])}) + "\n")
     print(f"wrote {len(x)} samples to {out}/ ({sampler}, {steps} steps, {nfe(sampler, steps)} NFE, "
           f"{seconds:.1f} s)")
     return 0
@@ -178,7 +191,8 @@ def cmd_demo(args) -> int:
           "(Ctrl-C stops early and keeps the checkpoint)")
     summary = train(cfg, out, overwrite=True)
     sample_args = argparse.Namespace(run=str(out), n=64, sampler=None, steps=None, grid=None, seed=0, batch=64,
-                                     out=str(out / "samples" / "demo"), device=args.device or "auto")
+                                     out=str(out / "samples" / "demo"), device=args.device or "auto", class_=None,
+                                     prompt=None, prompt_file=None, negative_prompt=None, image=None, guidance=None)
     cmd_sample(sample_args)
     print(f"\ndone: {summary['step']} steps. Samples: {out}/samples/demo/grid.png")
     print(f"next: unblur sample {out} --n 16 --sampler heun --steps 18")
@@ -213,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=64, help="samples per forward pass")
     s.add_argument("--out", help="output folder (default: RUN/samples/...)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--class", dest="class_", action="append", metavar="NAME|INDEX",
+                   help="class to sample (repeatable; each gets --n samples)")
+    s.add_argument("--prompt", action="append", metavar="TEXT", help="caption to sample (repeatable; each gets --n)")
+    s.add_argument("--prompt-file", metavar="FILE", help="a text file with one prompt per line")
+    s.add_argument("--negative-prompt", metavar="TEXT", help="caption to guide away from (instead of the null)")
+    s.add_argument("--image", metavar="FILE", help="conditioning image, e.g. a low-resolution input")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale: 1 = conditional, 0 = "
+                   "unconditional (default: cond.guidance for classes and prompts, 1 for an image)")
     s.set_defaults(fn=cmd_sample)
 
     i = sub.add_parser("info", help="describe a run: config, parameters, FLOPs, steps, data")

@@ -31,6 +31,7 @@ class DataConfig:
     hflip: bool = False  # random horizontal flips during training
     max_bad_fraction: float = 0.1  # error when more than this fraction of images fails to load
     num_points: int = 20000  # points drawn from a builtin:toy2d set
+    num_images: int = 10000  # images drawn for builtin:shapes and builtin:shapes:pairs
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,20 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class CondConfig:
+    classes: bool = False  # condition on the data's class labels (sub-folders, NAME.labels.npy, digits)
+    text_encoder: str = "none"  # captions through: none | minilm | learned | PATH or hub id of an HF encoder
+    image: str = "none"  # none | superres: condition on a low-resolution copy (channel concatenation)
+    superres_factor: int = 4  # image=superres: the low-resolution copy is this many times smaller
+    dropout: float = 0.1  # per key and sample, probability of training on the null condition (CFG)
+    max_tokens: int = 32  # longest caption in tokens; longer ones are truncated with a warning
+    cross_attn_resolutions: tuple[int, ...] | None = None  # factors with cross-attention; None: model's attn
+    learned_dim: int = 128  # text_encoder=learned: width of its token features
+    learned_layers: int = 2  # text_encoder=learned: transformer layers
+    guidance: float = 3.0  # default guidance scale of `unblur sample` for class and text conditions
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -109,6 +124,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    cond: CondConfig = field(default_factory=CondConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -37,7 +37,7 @@ def data_info_of(data) -> dict:
 
 
 def build_net(cfg: Config, data_info: dict) -> nn.Module:
-    from .nets import MLPConfig, MLPDenoiserNet, UNet, default_unet_config
+    from .nets import MLPConfig, MLPDenoiserNet, default_unet_config
 
     m = cfg.model
     kind = m.kind
@@ -66,7 +66,9 @@ def build_net(cfg: Config, data_info: dict) -> nn.Module:
     if "base_channels" in overrides:
         overrides["norm_groups"] = min(32, overrides["base_channels"])
     ucfg = dataclasses.replace(ucfg, dropout=m.dropout, noise_embed_scale=embed_scale, **overrides)
-    return UNet(ucfg)
+    from .conditioning import condition_net
+
+    return condition_net(cfg, data_info, ucfg)
 
 
 def build_denoiser(cfg: Config, net: nn.Module, process: GaussianProcess) -> Precond:

@@ -14,6 +14,7 @@ from .base import Data, DataWarning, random_hflip, split
 from .builtin import builtin_names, load_digits, load_toy2d
 from .folder import IMAGE_EXTENSIONS, load_folder
 from .load import load_data
+from .shapes import load_shapes
 from .toy2d import TOY2D, Toy2D, get_toy2d
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "load_digits",
     "load_folder",
     "load_npy",
+    "load_shapes",
     "load_toy2d",
     "random_hflip",
     "split",

@@ -13,7 +13,7 @@ DEFAULT_TOY2D_N = 20_000  # points drawn for builtin:toy2d:NAME when n is not gi
 
 def builtin_names() -> list[str]:
     """Every accepted ``builtin:`` name, without the prefix."""
-    return ["digits"] + [f"toy2d:{name}" for name in TOY2D]
+    return ["digits", "shapes", "shapes:pairs"] + [f"toy2d:{name}" for name in TOY2D]
 
 
 def load_digits(

@@ -10,8 +10,9 @@ from .arrays import load_npy
 from .base import Data
 from .builtin import DEFAULT_TOY2D_N, builtin_names, load_digits, load_toy2d
 from .folder import IMAGE_EXTENSIONS, load_folder
+from .shapes import load_shapes
 
-SPEC_HELP = "a folder of images, a .npy file, builtin:digits or builtin:toy2d:NAME"
+SPEC_HELP = "a folder of images, a .npy file, builtin:digits, builtin:shapes[:pairs] or builtin:toy2d:NAME"
 
 
 def load_data(
@@ -36,8 +37,9 @@ def load_data(
         keep_aspect: folders only; keep the most common aspect ratio instead of a square.
         max_bad_fraction: folders only; the fraction of unreadable files skipped with a
             warning before loading fails.
-        n: builtin:toy2d only; the number of points (default 20,000).
-        seed: builtin:toy2d only; the seed of the generator the points are drawn from.
+        n: builtin:toy2d and builtin:shapes only; the number of points (default 20,000) or images
+            (default 10,000).
+        seed: builtin:toy2d and builtin:shapes only; the seed of the generator the points are drawn from.
         workers: folders only; decoding threads (default: the CPU count, at most 8).
     """
     spec = os.fspath(spec)
@@ -49,6 +51,10 @@ def load_data(
             if not toy:
                 raise choice_error("built-in data set", spec, [f"builtin:{b}" for b in builtin_names()])
             return load_toy2d(toy, n=DEFAULT_TOY2D_N if n is None else n, seed=seed, source=spec)
+        if name in ("shapes", "shapes:pairs"):
+            _only(spec, "folders", keep_aspect=keep_aspect)
+            return load_shapes(n=10000 if n is None else n, seed=seed, size=size, channels=channels,
+                               pairs=name == "shapes:pairs", source=spec)
         if name == "digits":
             _only(spec, "builtin:toy2d", n=n)
             _only(spec, "folders", keep_aspect=keep_aspect)

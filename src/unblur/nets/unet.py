@@ -41,6 +41,7 @@ class UNetConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per level; len = number of levels
     num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
     attn_resolutions: tuple[int, ...] = (2, 4)  # downsampling factors with attention (1 = full size)
+    cross_attn_resolutions: tuple[int, ...] | None = None  # factors with text cross-attention; None: attn's
     mid_attention: bool = True  # self-attention (and cross-attention) in the middle block
     head_channels: int = 32  # channels per attention head (heads = width // head_channels)
     dropout: float = 0.0  # dropout probability inside the residual blocks
@@ -66,7 +67,7 @@ class UNetConfig:
         attn_widths = [
             self.base_channels * m
             for i, m in enumerate(self.channel_mult)
-            if 2**i in self.attn_resolutions
+            if 2**i in self.attn_resolutions or (self.context_dim and 2**i in self.cross_resolutions)
         ]
         if self.mid_attention:
             attn_widths.append(self.base_channels * self.channel_mult[-1])
@@ -75,7 +76,7 @@ class UNetConfig:
                 raise ValueError(
                     f"head_channels={self.head_channels} does not divide the attention width {w}"
                 )
-        bad = [f for f in self.attn_resolutions if f < 1 or f & (f - 1)]
+        bad = [f for f in (*self.attn_resolutions, *self.cross_resolutions) if f < 1 or f & (f - 1)]
         if bad:
             raise ValueError(
                 f"attn_resolutions holds downsampling factors (1, 2, 4, ...), got {bad}"
@@ -84,6 +85,13 @@ class UNetConfig:
     @property
     def levels(self) -> int:
         return len(self.channel_mult)
+
+    @property
+    def cross_resolutions(self) -> tuple[int, ...]:
+        """Downsampling factors with cross-attention to the text (the middle block always has it)."""
+        if self.cross_attn_resolutions is None:
+            return tuple(self.attn_resolutions)
+        return tuple(self.cross_attn_resolutions)
 
 
 class UNet(nn.Module):
@@ -101,9 +109,9 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.text_pool = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
-        def attn(width: int) -> nn.ModuleList:
-            layers = [Attention(width, head_channels=cfg.head_channels, groups=groups)]
-            if cfg.context_dim:
+        def attn(width: int, self_attn: bool = True, cross: bool = True) -> nn.ModuleList | None:
+            layers = [Attention(width, head_channels=cfg.head_channels, groups=groups)] if self_attn else []
+            if cfg.context_dim and cross:
                 layers.append(
                     Attention(
                         width,
@@ -112,7 +120,7 @@ class UNet(nn.Module):
                         context_dim=cfg.context_dim,
                     )
                 )
-            return nn.ModuleList(layers)
+            return nn.ModuleList(layers) if layers else None
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, dropout=cfg.dropout, groups=groups)
@@ -123,25 +131,25 @@ class UNet(nn.Module):
         skip_widths = [ch]
         width = ch
         for level, mult in enumerate(cfg.channel_mult):
-            use_attn = 2**level in cfg.attn_resolutions
+            use_attn, use_cross = 2**level in cfg.attn_resolutions, 2**level in cfg.cross_resolutions
             for _ in range(cfg.num_res_blocks):
                 out = ch * mult
-                self.down.append(_Stage(res(width, out), attn(out) if use_attn else None))
+                self.down.append(_Stage(res(width, out), attn(out, use_attn, use_cross)))
                 width = out
                 skip_widths.append(width)
             if level < cfg.levels - 1:
                 self.down.append(Downsample(width))
                 skip_widths.append(width)
         self.mid_res1 = res(width, width)
-        self.mid_attn = attn(width) if cfg.mid_attention else None
+        self.mid_attn = attn(width, cfg.mid_attention, True)
         self.mid_res2 = res(width, width)
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            use_attn = 2**level in cfg.attn_resolutions
+            use_attn, use_cross = 2**level in cfg.attn_resolutions, 2**level in cfg.cross_resolutions
             for _ in range(cfg.num_res_blocks + 1):
                 out = ch * mult
                 block = res(width + skip_widths.pop(), out)
-                self.up.append(_Stage(block, attn(out) if use_attn else None))
+                self.up.append(_Stage(block, attn(out, use_attn, use_cross)))
                 width = out
             if level > 0:
                 self.up.append(Upsample(width))
@@ -186,11 +194,13 @@ class UNet(nn.Module):
             text = cond["text"]  # (B, L, D_text)
             mask = cond.get("text_mask")
             if mask is None:
-                pooled = text.mean(dim=1)
+                pooled, present = text.mean(dim=1), 1.0
             else:
                 m = mask.to(text.dtype)[:, :, None]  # (B, L, 1)
                 pooled = (text * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)  # (B, D_text)
-            emb = emb + self.text_pool(pooled)
+                # Every token masked out is the null caption: the same as no text at all.
+                present = mask.any(dim=1).to(emb.dtype)[:, None]  # (B, 1)
+            emb = emb + self.text_pool(pooled.to(emb.dtype)) * present
         return F.silu(emb)
 
     def forward(self, x_in: Tensor, c_noise: Tensor, cond: Cond = None) -> Tensor:

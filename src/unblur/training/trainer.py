@@ -23,8 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..conditioning import Conditioner, drop_cond
 from ..config import Config
 from ..data import Data, load_data, random_hflip
+from ..guidance import cfg as guide
 from ..guidance import clip_x0
 from ..images import grid_scale, make_grid, save_png, scatter_image
 from ..models import build_denoiser, build_net, build_process, data_info_of
@@ -170,6 +172,9 @@ def load_training_data(cfg: Config) -> Data:
     if d.source.startswith("builtin:toy2d"):
         kwargs["n"] = d.num_points
         kwargs["seed"] = cfg.train.seed
+    if d.source.startswith("builtin:shapes"):
+        kwargs["n"] = d.num_images
+        kwargs["seed"] = cfg.train.seed
     return load_data(d.source, **kwargs)
 
 
@@ -207,6 +212,8 @@ class Trainer:
             cfg = replace(cfg, process=replace(cfg.process, sigma_data=round(sd, 4)))
             self.cfg = cfg
         self.data_info = data_info_of(self.data)
+        self.conditioner = Conditioner(cfg, self.data, self.out, self.device, progress=progress and self.dist.main)
+        self.data_info.update(self.conditioner.info)
         self.process = build_process(cfg)
         torch.manual_seed(_mix(t.seed, 0xC0FFEE))
         net = build_net(cfg, self.data_info).to(self.device)
@@ -305,7 +312,12 @@ class Trainer:
         shape = (n, *self.data_info["shape"])
         gens = seeded_generators(range(n), device=self.device) if self.data.kind == "image" else \
             torch.Generator(self.device).manual_seed(0)
-        x = generate(self.ema_denoiser(), shape, process=self.process, sampler=s.sampler, steps=s.steps,
+        den, cond = self.ema_denoiser(), self.conditioner.grid_cond(n)
+        if cond is not None and self.conditioner.guidance != 1.0:  # guide first, then clip
+            den = guide(build_denoiser(self.cfg, self.ema, self.process), self.conditioner.guidance,
+                        self.conditioner.null(cond))
+            den = clip_x0(den) if self.cfg.sample.clip else den
+        x = generate(den, shape, cond=cond, process=self.process, sampler=s.sampler, steps=s.steps,
                      grid=s.grid if not (s.grid in ("leading", "trailing", "linspace", "ddim", "full")
                                          and self.cfg.process.kind != "vp") else "karras",
                      generator=gens, device=self.device)
@@ -331,19 +343,25 @@ class Trainer:
         micro = idx.chunk(t.grad_accum)
         for k, mi in enumerate(micro):
             x0 = self.x_all[mi.to(self.device)]
+            cond = self.conditioner.items(mi.to(self.device))
             if self.cfg.data.hflip and x0.ndim == 4:
-                x0 = random_hflip(x0, gen)
+                if cond is not None and "image" in cond:  # flip the image and its low-resolution copy together
+                    both = random_hflip(torch.cat([x0, cond["image"]], dim=1), gen)
+                    x0, cond["image"] = both.split([x0.shape[1], cond["image"].shape[1]], dim=1)
+                else:
+                    x0 = random_hflip(x0, gen)
             if self.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             o = self.cfg.objective
             sigma = sample_sigma(self.process, len(x0), generator=gen, device=self.device,
                                  p_mean=o.p_mean, p_std=o.p_std)
             noise = draw_noise(x0, gen)
+            cond = drop_cond(cond, self.conditioner.p, gen, self.conditioner.num_classes)
             sync = contextlib.nullcontext()
             if d.world > 1 and k < len(micro) - 1:
                 sync = self.loss_module.no_sync()
             with sync, self._autocast():
-                loss = self.loss_module(x0, sigma, noise, None).mean()
+                loss = self.loss_module(x0, sigma, noise, cond).mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at step {self.step}: training stopped and the last good "
