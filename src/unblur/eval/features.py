@@ -32,6 +32,10 @@ from ..utils import choice_error, resolve_device
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
+class MissingWeightsError(FileNotFoundError, ValueError):
+    """A weights file a feature network needs is not there; the message names what to get."""
+
+
 @dataclass(frozen=True)
 class FeatureNetSpec:
     """The architecture and input convention of one built-in feature network."""
@@ -119,7 +123,7 @@ def feature_net_info(name: str) -> dict:
 
     path = weights_path(name)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"the built-in {name!r} feature network's weights {path} are missing: "
             f"run `python scripts/train_features.py --net {name}` from the repository root"
         )
