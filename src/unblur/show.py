@@ -93,6 +93,13 @@ def forward_strip(x0: Tensor, degrade: Degrade, ts: Sequence[float], *, scale: i
     return _label_strip(img, [f"t={t:.2f}" for t in ts], x0.shape[-1] * scale, 2 * scale)
 
 
+def forward_frame(x0: Tensor, degrade: Degrade, t: float) -> Image.Image:
+    """One animation frame: every image of x0 side by side at level t, labelled."""
+    xt = degrade(x0, torch.full((len(x0),), float(t), device=x0.device)).clamp(-1, 1).cpu()
+    img = make_grid(xt, nrow=len(x0), scale=grid_scale(x0.shape[-2]))
+    return _label_strip(img, [f"t={t:.2f}"], img.width, 2)
+
+
 def save_gif(frames: Sequence[Image.Image], path: str | Path, *, ms: int = 120, hold_last: int = 8) -> None:
     """An animated GIF (looping), with the last frame held a little longer."""
     frames = list(frames) + [frames[-1]] * hold_last
@@ -164,7 +171,7 @@ def _fig_to_image(fig) -> Image.Image:
 
 @torch.no_grad()
 def toy_figure(denoiser, process, data_x: Tensor, samples: Tensor, *, sigmas: Sequence[float] = (0.1, 0.4, 1.0, 3.0),
-               field_sigmas: Sequence[float] = (0.1, 0.5, 2.0), lim: float | None = None,
+               field_sigmas: Sequence[float] = (0.05, 0.2, 0.5, 2.0), lim: float | None = None,
                device: torch.device | str = "cpu", seed: int = 0):
     """The classic 2-D picture: data, noised marginals, the learned denoising field, samples."""
     import matplotlib
@@ -194,11 +201,13 @@ def toy_figure(denoiser, process, data_x: Tensor, samples: Tensor, *, sigmas: Se
     for j, s in enumerate(field_sigmas):
         sig = torch.full((len(pts),), float(s), device=device)
         d = (denoiser(pts, sig, None) - pts).double().cpu()  # the denoising direction x0_hat - x
+        mag = d.norm(dim=1).clamp(min=1e-12)
+        unit = d / mag[:, None] * (0.85 * 2 * lim / (k - 1))  # equal lengths: direction only
         a = ax[1, j]
         scatter(a, data, "", "tab:blue")
-        a.quiver(pts[:, 0].cpu(), pts[:, 1].cpu(), d[:, 0], d[:, 1], angles="xy", scale_units="xy",
-                 scale=1.0, width=0.004, color="black", alpha=0.8)
-        a.set_title(f"learned field D(x, sigma) - x\nsigma={s:g} (arrows: full step to x0_hat)", fontsize=9)
+        a.quiver(pts[:, 0].cpu(), pts[:, 1].cpu(), unit[:, 0], unit[:, 1], mag.log().numpy(), angles="xy",
+                 scale_units="xy", scale=1.0, width=0.005, cmap="viridis")
+        a.set_title(f"learned field D(x, sigma) - x, sigma={s:g}\n(direction; colour: log length)", fontsize=9)
     scatter(ax[1, -1], samples.double(), f"{len(samples)} samples", "tab:red")
     for a in ax.flat:
         a.set_xlim(-lim, lim)
@@ -334,7 +343,7 @@ def run_show(args) -> int:
         img = forward_strip(x0.to(device), degrade, ts)
         out = _out(args, "forward.png")
         save_png(img, out)
-        frames = [forward_strip(x0.to(device), degrade, [t]) for t in np.linspace(0, 1, 30).tolist()]
+        frames = [forward_frame(x0.to(device), degrade, t) for t in np.linspace(0, 1, 30).tolist()]
         save_gif(frames, out.with_suffix(".gif"), ms=100)
         print(f"wrote {out} and {out.with_suffix('.gif')} ({name}, {len(ts)} levels of t)")
         return 0
