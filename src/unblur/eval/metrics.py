@@ -91,14 +91,17 @@ def kernel_inception_distance(
 
     Returns ``kid`` (the mean over subsets), ``kid_std`` (their standard deviation) and
     ``kid_se`` (kid_std / sqrt(num_subsets); subsets overlap, so this is a rough error bar).
-    The subset size is min(subset_size, N, M); each estimate is unbiased, so for two samples
+    The subset size is min(subset_size, N, M), halved when it would take a whole set (so the
+    subsets differ and their spread means something); each estimate is unbiased, so for two samples
     of one distribution ``kid`` averages to 0 and can be negative.
     """
     x, y = _as_2d64(x, "x"), _as_2d64(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature sets have different dimensions: {x.shape[1]} and {y.shape[1]}")
+    _need(min(len(x), len(y)), 2, "KID", "give at least 2 samples in each set (--n)")
     m = min(subset_size, len(x), len(y))
-    _need(m, 2, "KID", "give at least 2 samples in each set (--n)")
+    if m == min(len(x), len(y)) and num_subsets > 1 and m >= 4:
+        m //= 2  # subsets as large as a whole set would all be that set: no spread to measure
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     vals = []
     for _ in range(num_subsets):
