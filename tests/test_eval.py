@@ -273,3 +273,32 @@ def test_cli_eval_nll_of_a_toy_run(tmp_path, monkeypatch):
     assert r["settings"]["metrics"] == ["fid", "kid", "pr", "nll"] and r["settings"]["features"] == "vectors"
     assert math.isfinite(r["nll"]) and r["true_entropy"] == pytest.approx(r["true_nll"], abs=0.5)
     assert r["floor"]["fid"] < r["fid"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_inception_and_hf_folders_load_by_path(tmp_path):
+    """The plumbing of inception:PATH (a TorchScript detector called with return_features=True,
+    fed uint8 RGB) and hf:PATH (a local save_pretrained folder), with stand-in networks."""
+
+    class Detector(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            assert x.dtype == torch.uint8 and x.shape[1] == 3
+            f = x.float().mean(dim=(2, 3))
+            return f if return_features else f.softmax(-1)
+
+    path = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(Detector()).save(str(path))
+    ext = load_extractor(f"inception:{path}", device=torch.device("cpu"))
+    f, p = ext(torch.full((5, 1, 8, 8), 1.0))
+    assert ext.id.startswith("inception-tf@") and p is None
+    assert torch.allclose(f, torch.full((5, 3), 255.0, dtype=torch.float64))
+
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32)
+    transformers.ViTModel(cfg).save_pretrained(tmp_path / "vit")
+    ext = load_extractor(f"hf:{tmp_path / 'vit'}", device=torch.device("cpu"))
+    f, _ = ext(torch.rand(4, 1, 8, 8) * 2 - 1)
+    assert f.shape == (4, 16) and torch.isfinite(f).all() and ext.id.startswith("hf:vit@")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_extractor(f"hf:{tmp_path}", device=torch.device("cpu"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,9 @@ def _inception(path: str, device: torch.device) -> FeatureExtractor:
     p = _need_file(path, "Inception-v3", get)
     h = _file_hash(p)
     try:
-        model = torch.jit.load(str(p), map_location=device).eval()
+        with warnings.catch_warnings():  # NVIDIA's detector is TorchScript, which torch now marks deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(str(p), map_location=device).eval()
     except Exception:
         model = None
     if model is not None:  # NVIDIA's detector: uint8 NCHW in, 2048-d pool3 out (resizes to 299 inside)
