@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils import atomic_write_bytes
-from .features import MissingWeightsError
+from .features import MissingDependencyError, MissingWeightsError
 
 PIXELS_MAX_SIDE = 16  # pixel features: images larger than this are area-downsampled to it
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -166,7 +166,7 @@ def _inception(path: str, device: torch.device) -> FeatureExtractor:
     try:
         import torchvision
     except ImportError as e:
-        raise ImportError(f"{p} is not a TorchScript file, and reading a state dict needs torchvision "
+        raise MissingDependencyError(f"{p} is not a TorchScript file, and reading a state dict needs torchvision "
                           "(pip install torchvision)") from e
     net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
     net.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
@@ -193,7 +193,7 @@ def _torchvision(arch: str, path: str, device: torch.device) -> FeatureExtractor
     try:
         import torchvision
     except ImportError as e:
-        raise ImportError("torchvision features need torchvision: pip install torchvision") from e
+        raise MissingDependencyError("torchvision features need torchvision: pip install torchvision") from e
     state = torch.load(p, map_location="cpu", weights_only=True)
     net = torchvision.models.get_model(arch, weights=None)
     net.load_state_dict(state)
@@ -222,7 +222,7 @@ def _hf(path: str, device: torch.device) -> FeatureExtractor:
     try:
         from transformers import AutoConfig, AutoModel
     except ImportError as e:
-        raise ImportError("hf: features need transformers: pip install unblur[text]") from e
+        raise MissingDependencyError("hf: features need transformers: pip install unblur[text]") from e
     model = AutoModel.from_pretrained(str(p), local_files_only=True).to(device).eval()
     pre = {}
     if (p / "preprocessor_config.json").exists():

@@ -36,6 +36,10 @@ class MissingWeightsError(FileNotFoundError, ValueError):
     """A weights file a feature network needs is not there; the message names what to get."""
 
 
+class MissingDependencyError(ImportError, ValueError):
+    """An optional package a feature network needs is not installed; the message names it."""
+
+
 @dataclass(frozen=True)
 class FeatureNetSpec:
     """The architecture and input convention of one built-in feature network."""
