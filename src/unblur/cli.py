@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float, default=5.0)
     d.add_argument("--device", default=None)
     d.set_defaults(fn=cmd_demo)
+
+    from .cli_eval import add_commands  # eval, sweep, show
+
+    add_commands(sub)
     return p
 
 

@@ -1,0 +1,200 @@
+"""``unblur eval``, ``unblur sweep`` and ``unblur show``: measure a model and draw the process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _progress_factory(enabled: bool = True):
+    from tqdm import tqdm
+
+    def progress(desc: str, total: int):
+        bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, disable=not enabled)
+        done = [0]
+
+        def update(k: int) -> None:
+            bar.update(k)
+            done[0] += k
+            if done[0] >= total:
+                bar.close()
+
+        return update
+
+    return progress
+
+
+def _load_real(args, cfg, info):
+    """The real data for a report: --data (default: the run's own data), checked against the model."""
+    from .data import load_data
+    from .training.trainer import load_training_data
+
+    if not args.data:
+        if info["kind"] == "vector":  # a fresh draw of the toy distribution, not the training points
+            n = max(2 * (args.n or 1000), 2000)
+            return load_data(cfg.data.source, n=n, seed=cfg.train.seed + 12345)
+        return load_training_data(cfg)
+    if info["kind"] == "vector" and str(args.data).startswith("builtin:toy2d"):
+        n = max(2 * (args.n or 1000), 2000)
+        return load_data(args.data, n=n, seed=cfg.train.seed + 12345)
+    if getattr(args, "resize", False) and info["kind"] == "image":
+        C, H, W = info["shape"]
+        return load_data(args.data, size=(H, W), channels=C)
+    return load_data(args.data)
+
+
+def _settings(args, info):
+    from .eval.report import DEFAULT_IMAGE_METRICS, DEFAULT_VECTOR_METRICS, EvalSettings, check_metrics
+
+    if args.metrics:
+        metrics = check_metrics(args.metrics.split(","))
+    else:
+        metrics = DEFAULT_IMAGE_METRICS if info["kind"] == "image" else DEFAULT_VECTOR_METRICS
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    kwargs = dict(metrics=metrics, n=args.n, features=args.features, seed=args.seed, batch=args.batch,
+                  use_cache=not args.no_cache)
+    for name in ("ode_steps", "likelihood_n"):
+        value = getattr(args, name, None)
+        if value is not None:
+            kwargs[name] = value
+    return EvalSettings(**kwargs)
+
+
+def _grid_of(cfg, args) -> str:
+    s = cfg.sample
+    return getattr(args, "grid", None) or (s.grid if cfg.process.kind == "vp" or s.grid in ("karras", "logsnr")
+                                           else "karras")
+
+
+def cmd_eval(args) -> int:
+    import dataclasses
+
+    from .cli import load_run
+    from .eval.report import evaluate
+    from .guidance import clip_x0
+
+    cfg, info, net, process, denoiser, dev = load_run(args.run, args.device)
+    if info["kind"] == "image" and cfg.sample.clip:
+        denoiser = clip_x0(denoiser)
+    real = _load_real(args, cfg, info)
+    settings = _settings(args, info)
+    settings = dataclasses.replace(settings, sampler=args.sampler or cfg.sample.sampler,
+                                   steps=args.steps or cfg.sample.steps, grid=_grid_of(cfg, args))
+    report = evaluate(denoiser, process, info, real, settings=settings, device=dev, progress=_progress_factory())
+    report["run"] = str(args.run)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        from .utils import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (text + "\n").encode())
+    print(summarize(report))
+    if args.json:
+        print(f"report: {args.json}")
+    return 0
+
+
+def summarize(report: dict) -> str:
+    """A few human lines: each metric beside its floor (and pure noise)."""
+    lines = [f"data: {report['data']}" + (f"; features: {report['features']}" if "features" in report else "")]
+    if "warning" in report:
+        lines.append(f"WARNING: {report['warning']}")
+    floor, noise = report.get("floor", {}), report.get("noise", {})
+    for key, fmt in (("fid", ".3f"), ("kid", ".5f"), ("precision", ".3f"), ("recall", ".3f"), ("is", ".3f")):
+        if report.get(key) is None:
+            continue
+        line = f"{key:>10}: {report[key]:{fmt}}"
+        if key in floor:
+            line += f"   (data floor {floor[key]:{fmt}}"
+            line += f", pure noise {noise[key]:{fmt}})" if key in noise else ")"
+        if key == "kid":
+            line += f"  +- {report['kid_se']:.5f}"
+        lines.append(line)
+    for key in ("bpd_ode", "bpd_vlb"):
+        if report.get(key) is not None:
+            lines.append(f"{key:>10}: {report[key]:.4f} +- {report[key + '_se'] or 0:.4f} bits/dim "
+                         f"({report['bpd_items']} real images)")
+    if report.get("nll") is not None:
+        line = f"{'nll':>10}: {report['nll']:.4f} +- {report['nll_se']:.4f} nats ({report['nll_items']} points)"
+        if "true_entropy" in report:
+            line += f"; true entropy {report['true_entropy']:.4f}, true NLL of these points {report['true_nll']:.4f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_sweep(args) -> int:
+    from .cli import load_run
+    from .eval.report import sweep, sweep_plot, sweep_table
+    from .guidance import clip_x0
+
+    cfg, info, net, process, denoiser, dev = load_run(args.run, args.device)
+    if info["kind"] == "image" and cfg.sample.clip:
+        denoiser = clip_x0(denoiser)
+    real = _load_real(args, cfg, info)
+    args.metrics = "fid"
+    import dataclasses
+
+    settings = dataclasses.replace(_settings(args, info), grid=_grid_of(cfg, args))
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--steps must be a comma-separated list of integers, got {args.steps!r}") from None
+    result = sweep(denoiser, process, info, real, samplers=samplers, steps=steps, settings=settings, device=dev,
+                   progress=_progress_factory())
+    out = Path(args.out) if args.out else Path(args.run) / "sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    table = sweep_table(result)
+    (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "sweep.md").write_text(table + "\n")
+    sweep_plot(result, out / "sweep.png")
+    print(f"features: {result['features']}; {result['settings']['n']} samples per row")
+    print(table)
+    print(f"wrote {out}/sweep.json, sweep.md, sweep.png")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from . import show
+
+    return show.run_show(args)
+
+
+def _common_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (or its model.safetensors)")
+    p.add_argument("--data", help="real data to compare with (default: the run's own data)")
+    p.add_argument("--resize", action="store_true", help="resize --data images to the model's size")
+    p.add_argument("--n", type=int, help="generated samples (default: half the real data)")
+    p.add_argument("--features", default="auto",
+                   help="auto | builtin:digits | inception:PATH | torchvision:ARCH:PATH | hf:PATH | pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--grid", help="sampling grid (default: the run's)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
+    p.add_argument("--device", default="auto")
+
+
+def add_commands(sub) -> None:
+    """Register eval, sweep and show on the main parser's sub-parsers."""
+    e = sub.add_parser("eval", help="FID/KID, precision/recall, IS, bits/dim or NLL of a run, beside a data floor")
+    _common_eval_args(e)
+    e.add_argument("--metrics", help="comma-separated: fid,kid,pr,is,bpd,nll (default: fid,kid,pr,is for images, "
+                   "fid,kid,pr,nll for vectors)")
+    e.add_argument("--sampler", help="sampler for the generated samples (default: the run's)")
+    e.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+    e.add_argument("--ode-steps", type=int, help="RK4 steps of the probability-flow ODE (default 32)")
+    e.add_argument("--likelihood-n", type=int, help="real items whose bits/dim or NLL is computed (default 64)")
+    e.add_argument("--json", help="write the report here")
+    e.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("sweep", help="sample quality against NFE and wall time, for several samplers")
+    _common_eval_args(s)
+    s.add_argument("--samplers", default="ddim,heun,dpmpp-2m")
+    s.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
+    s.add_argument("--out", help="output folder (default: RUN/sweep)")
+    s.set_defaults(fn=cmd_sweep)
+
+    from .show import add_show_parser
+
+    add_show_parser(sub, cmd_show)

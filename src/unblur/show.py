@@ -1,0 +1,429 @@
+"""Pictures of the process: forward degradation strips, sampling trajectories, the 2-D toy
+figure and training curves, as PNG and GIF.
+
+The forward strip takes any degradation ``degrade(x0, t) -> x_t`` with t in [0, 1] of shape
+(B,): the Gaussian processes are registered in ``DEGRADATIONS`` here, and other processes
+(e.g. cold degradations) join with ``register_degradation(name, factory)``, where
+``factory(device) -> degrade``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from .images import grid_scale, make_grid, save_png
+from .types import StepInfo
+from .utils import append_dims, atomic_write_bytes, choice_error, randn
+
+Degrade = Callable[[Tensor, Tensor], Tensor]
+"""``degrade(x0, t) -> x_t``: x0 (B, ...) in [-1, 1], t (B,) in [0, 1], degrade(x0, 0) == x0."""
+
+DEGRADATIONS: dict[str, Callable[[torch.device], Degrade]] = {}
+
+
+def register_degradation(name: str, factory: Callable[[torch.device], Degrade]) -> None:
+    """Make ``unblur show forward --process NAME`` use ``factory(device)``'s degrade function."""
+    DEGRADATIONS[name] = factory
+
+
+def gaussian_degrade(process, *, seed: int = 0) -> Degrade:
+    """x_t = alpha(t) x0 + std(t) n in the variance-preserving picture, n fixed by ``seed``.
+
+    VE/EDM processes are shown scaled by 1 / sqrt(1 + sigma^2), so every level fits [-1, 1]
+    the way a VP model sees it; t runs over the process's own sigma range, with t = 0 exact.
+    """
+
+    def degrade(x0: Tensor, t: Tensor) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        n = randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)  # one noise per row, the same at every t
+        sigma = process.sigma(t.to(torch.float64).clamp(0, 1)).to(x0.dtype)
+        sigma = torch.where(t > 0, sigma, torch.zeros_like(sigma)).to(x0.device)
+        s = append_dims(sigma, x0.ndim)
+        return (x0 + s * n) / (1 + s**2).sqrt()
+
+    return degrade
+
+
+def _register_gaussian() -> None:
+    from .processes.gaussian import DiscreteVP, EDMProcess
+
+    register_degradation("vp", lambda device: gaussian_degrade(DiscreteVP("linear", 1000)))
+    register_degradation("vp-cosine", lambda device: gaussian_degrade(DiscreteVP("cosine", 1000)))
+    register_degradation("edm", lambda device: gaussian_degrade(EDMProcess()))
+
+
+_register_gaussian()
+
+
+def get_degrade(name: str, device: torch.device | str = "cpu") -> Degrade:
+    if name not in DEGRADATIONS:
+        raise choice_error("process to show", name, DEGRADATIONS)
+    return DEGRADATIONS[name](torch.device(device))
+
+
+# -- pictures -----------------------------------------------------------------------------
+
+
+def _label_strip(img: Image.Image, labels: Sequence[str], cell_w: int, pad: int, height: int = 14) -> Image.Image:
+    """Put one text label above each column of a strip."""
+    out = Image.new(img.mode, (img.width, img.height + height), 255 if img.mode == "L" else (255, 255, 255))
+    out.paste(img, (0, height))
+    draw = ImageDraw.Draw(out)
+    for j, text in enumerate(labels):
+        draw.text((pad + j * (cell_w + pad) + 2, 1), text, fill=0 if img.mode == "L" else (0, 0, 0))
+    return out
+
+
+def forward_strip(x0: Tensor, degrade: Degrade, ts: Sequence[float], *, scale: int | None = None) -> Image.Image:
+    """Rows: images; columns: degrade(x0, t) for t in ``ts``, labelled with t."""
+    B = len(x0)
+    cols = [degrade(x0, torch.full((B,), float(t), device=x0.device)).clamp(-1, 1).cpu() for t in ts]
+    tiles = torch.stack(cols, 1).reshape(B * len(ts), *x0.shape[1:])  # (B * T, C, H, W), row-major
+    scale = scale or grid_scale(x0.shape[-2])
+    img = make_grid(tiles, nrow=len(ts), scale=scale)
+    return _label_strip(img, [f"t={t:.2f}" for t in ts], x0.shape[-1] * scale, 2 * scale)
+
+
+def forward_frame(x0: Tensor, degrade: Degrade, t: float) -> Image.Image:
+    """One animation frame: every image of x0 side by side at level t, labelled."""
+    xt = degrade(x0, torch.full((len(x0),), float(t), device=x0.device)).clamp(-1, 1).cpu()
+    img = make_grid(xt, nrow=len(x0), scale=grid_scale(x0.shape[-2]))
+    return _label_strip(img, [f"t={t:.2f}"], img.width, 2)
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, *, ms: int = 120, hold_last: int = 8) -> None:
+    """An animated GIF (looping), with the last frame held a little longer."""
+    frames = list(frames) + [frames[-1]] * hold_last
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@torch.no_grad()
+def record_trajectory(denoiser, process, shape, *, n: int, sampler: str, steps: int, grid: str, seed: int,
+                      device: torch.device) -> tuple[list[StepInfo], Tensor]:
+    """Run a sampler and keep every StepInfo (x, x0_hat, sigma) on the CPU."""
+    from .sampling import generate
+    from .utils import seeded_generators
+
+    infos: list[StepInfo] = []
+
+    def keep(info: StepInfo) -> None:
+        infos.append(StepInfo(info.step, info.total, info.x.float().cpu(), info.sigma.cpu(), info.sigma_next.cpu(),
+                              info.x0_hat.float().cpu()))
+
+    gens = seeded_generators(range(seed, seed + n), device=device)
+    x = generate(denoiser, (n, *shape), process=process, sampler=sampler, steps=steps, grid=grid, generator=gens,
+                 device=device, callback=keep)
+    return infos, x.float().cpu()
+
+
+def _vp_view(x: Tensor, sigma: float) -> Tensor:
+    """A VE-scale state shown as the VP model sees it: x / sqrt(1 + sigma^2)."""
+    return x / math.sqrt(1 + sigma**2)
+
+
+def trajectory_pictures(infos: list[StepInfo], *, columns: int = 8) -> tuple[Image.Image, list[Image.Image]]:
+    """A strip (per sample: a row of x_t, a row of x0_hat, over ``columns`` evenly spaced
+    steps) and animation frames ([x_t | x0_hat] grids at every step)."""
+    total = len(infos)
+    pick = sorted({round(i) for i in np.linspace(0, total - 1, min(columns, total))})
+    n = len(infos[0].x)
+    H = infos[0].x.shape[-2]
+    scale = grid_scale(H)
+    rows = []
+    for b in range(n):
+        rows.append(torch.stack([_vp_view(infos[i].x[b], float(infos[i].sigma_next)) for i in pick]))
+        rows.append(torch.stack([infos[i].x0_hat[b] for i in pick]))
+    tiles = torch.cat(rows).clamp(-1, 1)  # (2n * len(pick), C, H, W)
+    strip = make_grid(tiles, nrow=len(pick), scale=scale)
+    labels = [f"{i + 1}/{total} s={float(infos[i].sigma_next):.2g}" for i in pick]
+    strip = _label_strip(strip, labels, infos[0].x.shape[-1] * scale, 2 * scale)
+    frames = []
+    for info in infos:
+        left = make_grid(_vp_view(info.x, float(info.sigma_next)).clamp(-1, 1), scale=scale)
+        right = make_grid(info.x0_hat.clamp(-1, 1), scale=scale)
+        frame = Image.new(left.mode, (left.width + right.width + 8, left.height + 14),
+                          255 if left.mode == "L" else (255, 255, 255))
+        frame.paste(left, (0, 14))
+        frame.paste(right, (left.width + 8, 14))
+        ImageDraw.Draw(frame).text((2, 1), f"step {info.step + 1}/{info.total}  x_t | x0_hat",
+                                   fill=0 if left.mode == "L" else (0, 0, 0))
+        frames.append(frame)
+    return strip, frames
+
+
+def _fig_to_image(fig) -> Image.Image:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+@torch.no_grad()
+def toy_figure(denoiser, process, data_x: Tensor, samples: Tensor, *, sigmas: Sequence[float] = (0.1, 0.4, 1.0, 3.0),
+               field_sigmas: Sequence[float] = (0.05, 0.2, 0.5, 2.0), lim: float | None = None,
+               device: torch.device | str = "cpu", seed: int = 0):
+    """The classic 2-D picture: data, noised marginals, the learned denoising field, samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = data_x.double().cpu()
+    lim = lim or float(np.percentile(data.abs().numpy(), 99.5)) * 1.25
+    ncol = max(len(sigmas), len(field_sigmas)) + 1
+    fig, ax = plt.subplots(2, ncol, figsize=(3.1 * ncol, 6.4))
+    g = torch.Generator().manual_seed(seed)
+
+    def scatter(a, pts, title, color):
+        pts = pts.cpu().numpy()
+        a.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.35, color=color, linewidths=0)
+        a.set_title(title, fontsize=9)
+
+    scatter(ax[0, 0], data, "data x0", "tab:blue")
+    for j, s in enumerate(sigmas):
+        noisy = (data + s * torch.randn(data.shape, generator=g, dtype=data.dtype)) / math.sqrt(1 + s * s)
+        scatter(ax[0, j + 1], noisy, f"noised, sigma={s:g}\n(x0 + sigma n) / sqrt(1+sigma^2)", "tab:gray")
+    k = 21
+    u = torch.linspace(-lim, lim, k, dtype=torch.float64)
+    gx, gy = torch.meshgrid(u, u, indexing="xy")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).float().to(device)  # (k*k, 2)
+    for j, s in enumerate(field_sigmas):
+        sig = torch.full((len(pts),), float(s), device=device)
+        d = (denoiser(pts, sig, None) - pts).double().cpu()  # the denoising direction x0_hat - x
+        mag = d.norm(dim=1).clamp(min=1e-12)
+        unit = d / mag[:, None] * (0.85 * 2 * lim / (k - 1))  # equal lengths: direction only
+        a = ax[1, j]
+        scatter(a, data, "", "tab:blue")
+        a.quiver(pts[:, 0].cpu(), pts[:, 1].cpu(), unit[:, 0], unit[:, 1], mag.log().numpy(), angles="xy",
+                 scale_units="xy", scale=1.0, width=0.005, cmap="viridis")
+        a.set_title(f"learned field D(x, sigma) - x, sigma={s:g}\n(direction; colour: log length)", fontsize=9)
+    scatter(ax[1, -1], samples.double(), f"{len(samples)} samples", "tab:red")
+    for a in ax.flat:
+        a.set_xlim(-lim, lim)
+        a.set_ylim(-lim, lim)
+        a.set_aspect("equal")
+        a.tick_params(labelsize=7)
+    for j in range(len(field_sigmas), ncol - 1):
+        ax[1, j].axis("off")
+    fig.suptitle("a simple distribution (top right: nearly Gaussian) carried into the data by the learned denoiser",
+                 fontsize=10)
+    fig.tight_layout()
+    img = _fig_to_image(fig)
+    plt.close(fig)
+    return img
+
+
+def toy_frames(infos: list[StepInfo], lim: float, size: int = 360) -> list[Image.Image]:
+    """Animation frames of 2-D samples moving from the prior to the data (VP view)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = []
+    for info in infos:
+        fig, a = plt.subplots(figsize=(size / 90, size / 90))
+        p = _vp_view(info.x, float(info.sigma_next)).numpy()
+        a.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, color="tab:red", linewidths=0)
+        a.set_xlim(-lim, lim)
+        a.set_ylim(-lim, lim)
+        a.set_aspect("equal")
+        a.set_title(f"step {info.step + 1}/{info.total}, sigma={float(info.sigma_next):.3g}", fontsize=9)
+        a.tick_params(labelsize=7)
+        fig.tight_layout()
+        frames.append(_fig_to_image(fig).convert("P", palette=Image.ADAPTIVE))
+        plt.close(fig)
+    return frames
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        raise ValueError(f"no metrics file {str(path)!r}: give a run folder written by `unblur train`")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i} is not JSON: {e}") from None
+    if not records:
+        raise ValueError(f"{path} holds no records yet: train for at least log_every steps")
+    return records
+
+
+def curves_figure(records: list[dict], *, title: str = ""):
+    """One panel per logged quantity against the optimizer step (loss log-scaled, with a moving average)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"step", "nimg", "time"}
+    keys = [k for k in dict.fromkeys(k for r in records for k in r)
+            if k not in skip and any(isinstance(r.get(k), (int, float)) for r in records)]
+    keys = sorted(keys, key=lambda k: (k != "loss", k))
+    ncol = min(3, len(keys)) or 1
+    nrow = math.ceil(len(keys) / ncol) or 1
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    for a, k in zip(axes.flat, keys):
+        pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float)) and "step" in r]
+        steps_, vals = np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=float)
+        a.plot(steps_, vals, lw=0.8, alpha=0.5 if k == "loss" else 1.0, label=k)
+        if k == "loss" and len(vals) >= 8:
+            w = max(2, len(vals) // 20)
+            smooth = np.convolve(vals, np.ones(w) / w, mode="valid")
+            a.plot(steps_[w - 1 :], smooth, lw=1.6, color="black", label=f"moving mean ({w})")
+            a.legend(fontsize=7)
+        if k in ("loss", "lr", "grad_norm") and (vals > 0).all():
+            a.set_yscale("log")
+        a.set_title(k, fontsize=10)
+        a.set_xlabel("step", fontsize=8)
+        a.grid(True, alpha=0.3)
+    for a in list(axes.flat)[len(keys) :]:
+        a.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    img = _fig_to_image(fig)
+    plt.close(fig)
+    return img
+
+
+# -- the command --------------------------------------------------------------------------
+
+
+def _out(args, default: str) -> Path:
+    out = Path(args.out or default)
+    if out.suffix.lower() not in (".png",):
+        raise ValueError(f"--out must end in .png (a .gif is written beside it where there is one), got {out}")
+    return out
+
+
+def run_show(args) -> int:
+    from .utils import resolve_device
+
+    device = resolve_device(args.device)
+    what = args.what
+    if what == "forward":
+        from .data import load_data
+
+        if args.run:
+            from .cli import load_run
+
+            cfg, info, _, process, _, _ = load_run(args.run, "cpu")
+            degrade = gaussian_degrade(process, seed=args.seed)
+            source = args.data or cfg.data.source
+            name = f"the run's {process!r}"
+        else:
+            degrade = get_degrade(args.process, device)
+            source = args.data or "builtin:digits"
+            name = args.process
+        data = load_data(source, size=args.size)
+        if data.kind != "image":
+            raise ValueError(f"show forward draws images; {source!r} holds vectors "
+                             "(use `unblur show toy` for 2-D data)")
+        if args.n < 1 or args.levels < 2:
+            raise ValueError(f"--n must be >= 1 and --levels >= 2, got {args.n} and {args.levels}")
+        x0 = data.x[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.n]]
+        ts = np.linspace(0.0, 1.0, args.levels).tolist()
+        img = forward_strip(x0.to(device), degrade, ts)
+        out = _out(args, "forward.png")
+        save_png(img, out)
+        frames = [forward_frame(x0.to(device), degrade, t) for t in np.linspace(0, 1, 30).tolist()]
+        save_gif(frames, out.with_suffix(".gif"), ms=100)
+        print(f"wrote {out} and {out.with_suffix('.gif')} ({name}, {len(ts)} levels of t)")
+        return 0
+
+    if not args.run:
+        raise ValueError(f"show {what} needs a run folder: unblur show {what} RUN")
+    if what == "curves":
+        records = read_metrics(args.run)
+        out = _out(args, str(Path(args.run) / "curves.png"))
+        save_png(curves_figure(records, title=f"{args.run}: {len(records)} records"), out)
+        print(f"wrote {out} ({len(records)} records)")
+        return 0
+
+    from .cli import load_run
+    from .guidance import clip_x0
+
+    cfg, info, net, process, denoiser, dev = load_run(args.run, args.device)
+    sampler = args.sampler or cfg.sample.sampler
+    steps = args.steps or cfg.sample.steps
+    grid = cfg.sample.grid if cfg.process.kind == "vp" or cfg.sample.grid in ("karras", "logsnr") else "karras"
+    if what == "trajectory":
+        if info["kind"] != "image":
+            raise ValueError("show trajectory draws images; for a 2-D model use `unblur show toy`")
+        if cfg.sample.clip:
+            denoiser = clip_x0(denoiser)
+        infos, _ = record_trajectory(denoiser, process, info["shape"], n=args.n, sampler=sampler, steps=steps,
+                                     grid=grid, seed=args.seed, device=dev)
+        strip, frames = trajectory_pictures(infos, columns=args.levels)
+        out = _out(args, str(Path(args.run) / "trajectory.png"))
+        save_png(strip, out)
+        save_gif(frames, out.with_suffix(".gif"), ms=150)
+        print(f"wrote {out} and {out.with_suffix('.gif')} ({sampler}, {steps} steps, {args.n} samples)")
+        return 0
+    if what == "toy":
+        if info["kind"] != "vector" or info["shape"] != [2]:
+            raise ValueError(f"show toy needs a model of 2-D points; this run makes {info['kind']} data of shape "
+                             f"{tuple(info['shape'])}")
+        from .data import load_data
+
+        data = load_data(args.data or cfg.data.source, n=args.points, seed=args.seed)
+        infos, samples = record_trajectory(denoiser, process, [2], n=args.points, sampler=sampler, steps=steps,
+                                           grid=grid, seed=args.seed, device=dev)
+        img = toy_figure(denoiser, process, data.x, samples, device=dev, seed=args.seed)
+        out = _out(args, str(Path(args.run) / "toy.png"))
+        save_png(img, out)
+        lim = float(np.percentile(data.x.abs().numpy(), 99.5)) * 1.25
+        save_gif(toy_frames(infos, lim), out.with_suffix(".gif"), ms=150)
+        print(f"wrote {out} and {out.with_suffix('.gif')} ({sampler}, {steps} steps, {args.points} points)")
+        return 0
+    raise choice_error("picture", what, ("forward", "trajectory", "toy", "curves"))
+
+
+def add_show_parser(sub, fn) -> None:
+    p = sub.add_parser("show", help="pictures: forward | trajectory | toy | curves (PNG and GIF)")
+    p.add_argument("what", choices=["forward", "trajectory", "toy", "curves"])
+    p.add_argument("run", nargs="?", help="run folder (needed by trajectory, toy and curves)")
+    p.add_argument("--data", help="forward/toy: data to draw (default: the run's, or builtin:digits)")
+    p.add_argument("--process", default="vp", help="forward without a run: " + " | ".join(sorted(DEGRADATIONS)))
+    p.add_argument("--size", type=int, help="forward: resize the images")
+    p.add_argument("--n", type=int, default=4, help="images (rows)")
+    p.add_argument("--levels", type=int, default=8, help="columns: levels of t (forward) or steps shown (trajectory)")
+    p.add_argument("--points", type=int, default=2000, help="toy: points drawn")
+    p.add_argument("--sampler", help="trajectory/toy: sampler (default: the run's)")
+    p.add_argument("--steps", type=int, help="trajectory/toy: sampler steps (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="PNG path (a GIF is written beside it)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=fn)
+
+
+__all__ = [
+    "DEGRADATIONS",
+    "Degrade",
+    "curves_figure",
+    "forward_strip",
+    "gaussian_degrade",
+    "get_degrade",
+    "record_trajectory",
+    "register_degradation",
+    "save_gif",
+    "toy_figure",
+    "trajectory_pictures",
+]
