@@ -33,7 +33,8 @@ def psnr(x: Tensor, ref: Tensor, *, mask: Tensor | None = None) -> np.ndarray:
         m = mask.detach().double().cpu().expand(x.shape[0], 1, *x.shape[2:]).permute(0, 2, 3, 1).numpy()
         m = np.broadcast_to(m, a.shape)
         mse = ((a - b) ** 2 * m).reshape(len(a), -1).sum(1) / np.maximum(m.reshape(len(a), -1).sum(1), 1)
-        return 10 * np.log10(1.0 / np.maximum(mse, 1e-20))
+        with np.errstate(divide="ignore"):
+            return np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-300)), np.inf)
     metrics = _skimage()
     out = []
     for ai, bi in zip(a, b):

@@ -65,21 +65,26 @@ def blur_matrix(sigma: Tensor, n: int) -> Tensor:
     """(B, n, n) matrices of 1-D Gaussian blurs of width ``sigma`` (B,) with reflect padding.
 
     Row i holds the normalized sampled Gaussian centred on pixel i, folded back into the
-    image by half-sample symmetric reflection (``d c b a | a b c d | d c b a``), so each row
-    sums to 1 and a width of 0 gives the identity. float64 throughout.
+    image by half-sample symmetric reflection (``d c b a | a b c d | d c b a``) as often as
+    its width needs, so each row sums to 1, a width of 0 gives the identity and an infinite
+    width the mean. float64 throughout.
     """
     sigma = sigma.to(torch.float64).clamp(min=1e-8)
-    radius = int(min(math.ceil(4 * float(sigma.max())) + 1, 8 * n + 1))
-    d = torch.arange(-radius, radius + 1, dtype=torch.float64, device=sigma.device)  # (K,)
-    g = torch.exp(-0.5 * (d[None] / sigma[:, None]) ** 2)  # (B, K)
+    period = 2 * n
+    # Beyond a width of 4n the kernel wrapped onto one period is uniform to within exp(-80).
+    wide = sigma > 4 * n
+    s = torch.where(wide, torch.ones_like(sigma), sigma)
+    radius = int(math.ceil(4 * float(s.max()))) + 1
+    d = torch.arange(-radius, radius + 1, device=sigma.device)  # (K,)
+    g = torch.exp(-0.5 * (d[None].double() / s[:, None]) ** 2)  # (B, K)
     g = g / g.sum(1, keepdim=True)
-    pos = torch.arange(n, device=sigma.device)[:, None] + d.long()[None]  # (n, K)
-    pos = pos % (2 * n)
-    pos = torch.where(pos >= n, 2 * n - 1 - pos, pos)  # reflect into [0, n)
-    out = torch.zeros(len(sigma), n, n, dtype=torch.float64, device=sigma.device)
-    idx = pos[None].expand(len(sigma), -1, -1)  # (B, n, K)
-    out.scatter_add_(2, idx, g[:, None, :].expand(-1, n, -1))
-    return out
+    wrapped = torch.zeros(len(sigma), period, dtype=torch.float64, device=sigma.device)
+    wrapped.scatter_add_(1, (d % period)[None].expand(len(sigma), -1), g)  # weight of each offset mod 2n
+    wrapped = torch.where(wide[:, None], torch.full_like(wrapped, 1.0 / period), wrapped)
+    # Offset d from pixel i lands on pixel j when i + d = j or i + d = 2n - 1 - j (mod 2n).
+    i = torch.arange(n, device=sigma.device)[:, None]
+    j = torch.arange(n, device=sigma.device)[None]
+    return wrapped[:, (j - i) % period] + wrapped[:, (period - 1 - j - i) % period]
 
 
 def _coverage(n: int, lo: Tensor, hi: Tensor) -> Tensor:
