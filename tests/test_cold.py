@@ -77,13 +77,12 @@ def test_closed_forms_at_full_level():
     assert torch.allclose(wide, x.double().mean((2, 3), keepdim=True).expand_as(wide), atol=1e-4)
     assert torch.allclose(blur_matrix(torch.tensor([0.0, 1.5, 30.0]), 9).sum(-1), torch.ones(3, 9, dtype=torch.float64))
     for kind in ("centre", "patches", "fade"):
-        assert torch.equal(ColdProcess("mask", mask_kind=kind, mask_fill=-0.5).degrade(x, 1.0), torch.full_like(x, -0.5))
+        full = ColdProcess("mask", mask_kind=kind, mask_fill=-0.5).degrade(x, 1.0)
+        assert torch.equal(full, torch.full_like(x, -0.5))
     grey = ColdProcess("desaturate").degrade(x, 1.0)
     assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
-    y = OTHERS[:3]
     assert torch.allclose(ColdProcess("blend", others=OTHERS[:1]).degrade(images(3, (3, 7, 11)), 1.0),
                           OTHERS[:1].expand(3, -1, -1, -1))
-    del y
 
 
 def test_randomness_comes_from_the_generator_and_per_sample_generators_are_batch_independent():
@@ -125,11 +124,12 @@ def test_cold_samplers_with_the_exact_restorer_recover_x0_along_the_degradation_
         layer = p.draw_layer(x0, gens) if p.kind in ("blend", "noise") else None
         x1 = p.degrade(x0, 1.0, layer=layer) if layer is not None else p.degrade(x0, 1.0)
         grid = torch.linspace(1, 0, 9, dtype=torch.float64)
-        path = []
-        out = sampler(exact(x0), x1, grid, process=p, callback=lambda i: path.append((float(i.sigma_next), i.x)))
+        path: list = []
+        out = sampler(exact(x0), x1, grid, process=p, callback=path.append)
         assert torch.allclose(out, x0, atol=1e-5), name(p)
         if p.kind != "snow":  # each state is the degradation of x0 at its level (snow: the sampler's own layer)
-            for s, xs in path:
+            for info in path:
+                s, xs = float(info.sigma_next), info.x
                 want = p.degrade(x0, s, layer=layer) if layer is not None else p.degrade(x0, s)
                 assert torch.allclose(xs, want, atol=1e-5), (name(p), s)
 

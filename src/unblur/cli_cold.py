@@ -22,7 +22,8 @@ def list_images(path: str | Path) -> tuple[Path, list[Path]]:
     path = Path(path).expanduser()
     if path.is_file():
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ValueError(f"{str(path)!r} is not an image file (expected one of {' '.join(sorted(IMAGE_EXTENSIONS))})")
+            exts = " ".join(sorted(IMAGE_EXTENSIONS))
+            raise ValueError(f"{str(path)!r} is not an image file (expected one of {exts})")
         return path.parent, [path]
     if path.is_dir():
         files, others = _list_files(path)

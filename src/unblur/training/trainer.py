@@ -32,7 +32,6 @@ from ..objectives import LossModule, draw_noise, sample_sigma
 from ..processes.cold import ColdProcess
 from ..sampling import generate
 from ..utils import resolve_device, seeded_generators
-from .cold import GENERATIVE, ColdLossModule, cold_batch, restoration_metrics
 from .checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -42,6 +41,7 @@ from .checkpoint import (
     save_model,
     save_train_state,
 )
+from .cold import GENERATIVE, ColdLossModule, cold_batch, restoration_metrics
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
 
