@@ -93,7 +93,7 @@ def main() -> None:
     trainer, secs = get_run(runs / "blur", {"process.kind": "blur", "process.blur_sigma_max": args.blur_sigma},
                             train, args.minutes)
     R, proc = trainer.ema_denoiser(), trainer.process
-    print(f"blur run: {trainer.step} steps ({'trained now in %.0f s' % secs if secs else 'reused'}), "
+    print(f"blur run: {trainer.step} steps ({f'trained now in {secs:.0f} s' if secs else 'reused'}), "
           f"sigma_max {proc.blur_sigma_max} px, {args.steps} sampler steps; {len(x)} held-out digits\n")
     xt = proc.degrade(x, 1.0)
     rows = [("degraded input D(x, 1)", xt),
@@ -128,7 +128,7 @@ def main() -> None:
     level = 0.5
     m = proc.mask(torch.tensor([level]), (8, 8))  # (1, 1, 8, 8) masked fraction
     visible = (m == 0).float()
-    print(f"mask run: {trainer.step} steps ({'trained now in %.0f s' % secs if secs else 'reused'}); "
+    print(f"mask run: {trainer.step} steps ({f'trained now in {secs:.0f} s' if secs else 'reused'}); "
           f"inpainting at t = {level}: the centre {int(m.sum())} of 64 pixels masked")
     xt = proc.degrade(x, level)
     print("| images                     | PSNR visible dB | PSNR all dB | classifier accuracy |")
