@@ -109,6 +109,18 @@ def main() -> None:
         print(f"| {label:<28} | {p:7.2f} | {p - base:+7.2f} | {ssim(z, x).mean():.3f} | {acc(z):19.3f} |")
     print(f"| {'clean':<28} |       - |       - | 1.000 | {acc(x):19.3f} |\n")
 
+    print("Deblurring across levels (steps per unit level): PSNR dB / classifier accuracy")
+    print("| level | one-shot        | cold-naive 20   | cold 10         | cold 20         | cold 50         |")
+    print("|-------|-----------------|-----------------|-----------------|-----------------|-----------------|")
+    for level in (0.5, 0.75, 1.0):
+        xl = proc.degrade(x, level)
+        cells = []
+        for sampler, steps in (("one-shot", 1), ("cold-naive", 20), ("cold", 10), ("cold", 20), ("cold", 50)):
+            z = restore(R, xl, level, process=proc, sampler=sampler, steps=steps)
+            cells.append(f"{psnr(z, x).mean():5.2f} / {acc(z):.3f}")
+        print(f"| {level:5.2f} | " + " | ".join(f"{c:<15}" for c in cells) + " |")
+    print()
+
     print(f"Generation by blur, {args.n} samples from the fitted start (ln 10 = {math.log(10):.3f})")
     print("| sampler                   | steps | mean top-class prob | class entropy |")
     print("|---------------------------|-------|---------------------|---------------|")

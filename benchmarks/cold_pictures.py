@@ -27,11 +27,12 @@ from unblur.utils import seeded_generators
 LEVELS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
-def photo(size=(48, 72)) -> torch.Tensor:
+def photo(size=(48, 72), which: str = "chelsea") -> torch.Tensor:
     from skimage import data as skdata
     from skimage.transform import resize
 
-    a = resize(skdata.chelsea(), size, anti_aliasing=True)  # (H, W, 3) in [0, 1]
+    a = resize(getattr(skdata, which)()[: (512 * size[0]) // size[1] if which == "astronaut" else None], size,
+               anti_aliasing=True)  # (H, W, 3) in [0, 1]
     return torch.from_numpy(a).permute(2, 0, 1)[None].float() * 2 - 1
 
 
@@ -103,6 +104,7 @@ def main() -> None:
     _, held = split(data, 0.2, seed=0)
     digits = held.x[:3]
     cat = photo()
+    photo_b = photo(which="astronaut")
     other = partner()
     kinds = args.only.split(",") if args.only else list(COLD_PROCESSES)
     for kind in kinds:
@@ -119,8 +121,13 @@ def main() -> None:
             layer = proc.draw_layer(cat, g) if proc.stochastic else None
             label = f"{kind}{' ' + vname if vname else ''}"
             fwd.append((label, [proc.degrade(cat, t, layer=layer)[0] for t in LEVELS]))
+        if kind == "desaturate":  # grey digits do not change: a second photograph instead
+            fwd.append(("desaturate", [proc.degrade(photo_b, t)[0] for t in LEVELS]))
+            digits_rows = 0
+        else:
+            digits_rows = 3
         dproc = process_for(kind, others=held.x[3:4], **({"blur_sigma_max": 4.0} if kind == "blur" else {}))
-        for b in range(3):
+        for b in range(digits_rows):
             layer = dproc.draw_layer(digits[b : b + 1], torch.Generator().manual_seed(b)) if dproc.stochastic else None
             fwd.append((f"{kind} (digits)", [dproc.degrade(digits[b : b + 1], t, layer=layer)[0] for t in LEVELS]))
         rev = reverse_rows(Path(runs[kind]), held.x, levels.get(kind, 1.0), args.steps) if kind in runs else []
