@@ -44,9 +44,14 @@ BLUR_SCHEDULES = ("linear", "sqrt", "quadratic")
 MASK_KINDS = ("centre", "patches", "fade")
 
 
+def wide(device: torch.device | str | None) -> torch.dtype:
+    """The working precision of the degradations: float64, or float32 on Apple's MPS (which has no float64)."""
+    return torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
+
+
 def _levels(t: Tensor | float, x: Tensor) -> Tensor:
-    """The level as a float64 (B,) tensor on x's device, checked to lie in [0, 1]."""
-    t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+    """The level as a float64 (float32 on MPS) (B,) tensor on x's device, checked to lie in [0, 1]."""
+    t = torch.as_tensor(t, dtype=wide(x.device), device=x.device)
     if t.ndim == 0:
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
@@ -67,20 +72,20 @@ def blur_matrix(sigma: Tensor, n: int) -> Tensor:
     Row i holds the normalized sampled Gaussian centred on pixel i, folded back into the
     image by half-sample symmetric reflection (``d c b a | a b c d | d c b a``) as often as
     its width needs, so each row sums to 1, a width of 0 gives the identity and an infinite
-    width the mean. float64 throughout.
+    width the mean. float64 throughout (float32 on MPS).
     """
-    sigma = sigma.to(torch.float64).clamp(min=1e-8)
+    sigma = sigma.to(wide(sigma.device)).clamp(min=1e-8)
     period = 2 * n
     # Beyond a width of 4n the kernel wrapped onto one period is uniform to within exp(-80).
-    wide = sigma > 4 * n
-    s = torch.where(wide, torch.ones_like(sigma), sigma)
+    flat = sigma > 4 * n
+    s = torch.where(flat, torch.ones_like(sigma), sigma)
     radius = int(math.ceil(4 * float(s.max()))) + 1
     d = torch.arange(-radius, radius + 1, device=sigma.device)  # (K,)
-    g = torch.exp(-0.5 * (d[None].double() / s[:, None]) ** 2)  # (B, K)
+    g = torch.exp(-0.5 * (d[None].to(s.dtype) / s[:, None]) ** 2)  # (B, K)
     g = g / g.sum(1, keepdim=True)
-    wrapped = torch.zeros(len(sigma), period, dtype=torch.float64, device=sigma.device)
+    wrapped = torch.zeros(len(sigma), period, dtype=s.dtype, device=sigma.device)
     wrapped.scatter_add_(1, (d % period)[None].expand(len(sigma), -1), g)  # weight of each offset mod 2n
-    wrapped = torch.where(wide[:, None], torch.full_like(wrapped, 1.0 / period), wrapped)
+    wrapped = torch.where(flat[:, None], torch.full_like(wrapped, 1.0 / period), wrapped)
     # Offset d from pixel i lands on pixel j when i + d = j or i + d = 2n - 1 - j (mod 2n).
     i = torch.arange(n, device=sigma.device)[:, None]
     j = torch.arange(n, device=sigma.device)[None]
@@ -89,7 +94,7 @@ def blur_matrix(sigma: Tensor, n: int) -> Tensor:
 
 def _coverage(n: int, lo: Tensor, hi: Tensor) -> Tensor:
     """(B, n): the length of pixel [i, i+1] inside [lo, hi] (per sample)."""
-    i = torch.arange(n, dtype=torch.float64, device=lo.device)[None]
+    i = torch.arange(n, dtype=lo.dtype, device=lo.device)[None]
     return (torch.minimum(i + 1, hi[:, None]) - torch.maximum(i, lo[:, None])).clamp(0, 1)
 
 
@@ -156,7 +161,7 @@ class ColdProcess:
                 layer: Tensor | None = None) -> Tensor:
         """x_t for clean images x0 (B, C, H, W) at level t (scalar or (B,)); see the module table."""
         _check_image(x0)
-        tt = _levels(t, x0)  # (B,) float64
+        tt = _levels(t, x0)  # (B,) in the working precision
         fn = getattr(self, f"_{self.kind}")
         if self.stochastic:
             if layer is None:
@@ -213,7 +218,7 @@ class ColdProcess:
         _, _, H, W = x0.shape
         sigma = self.blur_sigma(t)
         kh, kw = blur_matrix(sigma, H), blur_matrix(sigma, W)  # (B, H, H), (B, W, W)
-        x = x0.to(torch.float64)
+        x = x0.to(t.dtype)
         return torch.einsum("bij,bcjk,blk->bcil", kh, x, kw)
 
     def pixel_grid(self, t: Tensor, size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -242,7 +247,7 @@ class ColdProcess:
     def mask(self, t: Tensor, size: tuple[int, int], device=None) -> Tensor:
         """The masked fraction m_t (B, 1, H, W) in [0, 1] at level t."""
         H, W = size
-        t = t.to(device=device, dtype=torch.float64)
+        t = t.to(device=device, dtype=wide(device))
         if self.mask_kind == "centre":
             # A centered rectangle of t * H by t * W; each pixel counts the fraction it covers.
             ch = _coverage(H, (1 - t) * H / 2, (1 + t) * H / 2)  # (B, H)
@@ -254,12 +259,12 @@ class ColdProcess:
             n = gh * gw
             rank = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).to(device)  # (n,)
             # Patch of rank r is masked once t * n passes r, partly in between.
-            m = (t[:, None] * n - rank[None].double()).clamp(0, 1)  # (B, n)
+            m = (t[:, None] * n - rank[None].to(t.dtype)).clamp(0, 1)  # (B, n)
             m = m.reshape(-1, 1, gh, gw).repeat_interleave(p, 2).repeat_interleave(p, 3)
             return m[..., :H, :W]
         # fade: visibility exp(-t / (1 - t) * (0.1 + r^2 / w^2)), the border first, all at t = 1.
-        yy = (torch.arange(H, dtype=torch.float64, device=device) + 0.5 - H / 2) / (H / 2)
-        xx = (torch.arange(W, dtype=torch.float64, device=device) + 0.5 - W / 2) / (W / 2)
+        yy = (torch.arange(H, dtype=t.dtype, device=device) + 0.5 - H / 2) / (H / 2)
+        xx = (torch.arange(W, dtype=t.dtype, device=device) + 0.5 - W / 2) / (W / 2)
         r2 = (yy[:, None] ** 2 + xx[None] ** 2) / 2  # squared distance / half-diagonal^2, (H, W)
         rate = torch.where(t < 1, t / (1 - t).clamp(min=1e-12), torch.full_like(t, math.inf))
         vis = torch.exp(-rate[:, None, None] * (0.1 + r2[None] / self.fade_width**2))
@@ -268,12 +273,12 @@ class ColdProcess:
 
     def _mask(self, x0: Tensor, t: Tensor) -> Tensor:
         m = self.mask(t, tuple(x0.shape[-2:]), x0.device)
-        return x0.to(torch.float64) * (1 - m) + self.mask_fill * m
+        return x0.to(m.dtype) * (1 - m) + self.mask_fill * m
 
     def _desaturate(self, x0: Tensor, t: Tensor) -> Tensor:
-        x = x0.to(torch.float64)
+        x = x0.to(t.dtype)
         if x.shape[1] == 3:
-            luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64, device=x.device)
+            luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
             grey = (x * luma[None, :, None, None]).sum(1, keepdim=True).expand_as(x)
         else:
             grey = x.mean(1, keepdim=True).expand_as(x)
@@ -283,7 +288,7 @@ class ColdProcess:
     def snow_alpha(self, layer: Tensor, t: Tensor) -> Tensor:
         """Snow opacity (B, 1, H, W): flakes seeded where the layer's uniform value < density * t,
         each a Gaussian blob of radius ``snow_flake`` (reflect padding)."""
-        seeds = (layer.double() < self.snow_density * append_dims(t, 4)).double()  # (B, 1, H, W)
+        seeds = (layer.to(t.dtype) < self.snow_density * append_dims(t, 4)).to(t.dtype)  # (B, 1, H, W)
         width = torch.full_like(t, self.snow_flake)
         kh, kw = blur_matrix(width, layer.shape[-2]), blur_matrix(width, layer.shape[-1])
         blob = torch.einsum("bij,bcjk,blk->bcil", kh, seeds, kw)
@@ -293,14 +298,14 @@ class ColdProcess:
 
     def _snow(self, x0: Tensor, t: Tensor, layer: Tensor) -> Tensor:
         a = self.snow_alpha(layer, t)
-        return x0.to(torch.float64) * (1 - a) + 1.0 * a
+        return x0.to(a.dtype) * (1 - a) + 1.0 * a
 
     def _blend(self, x0: Tensor, t: Tensor, layer: Tensor) -> Tensor:
         tt = append_dims(t, x0.ndim)
-        return (1 - tt) * x0.to(torch.float64) + tt * layer.to(torch.float64)
+        return (1 - tt) * x0.to(t.dtype) + tt * layer.to(t.dtype)
 
     def _noise(self, x0: Tensor, t: Tensor, layer: Tensor) -> Tensor:
-        return x0.to(torch.float64) + append_dims(self.noise_sigma(t), x0.ndim) * layer.to(torch.float64)
+        return x0.to(t.dtype) + append_dims(self.noise_sigma(t), x0.ndim) * layer.to(t.dtype)
 
     # -- the start of generation ------------------------------------------------------------
     def fit_start(self, x: Tensor, *, components: int = 10, seed: int = 0) -> dict:
