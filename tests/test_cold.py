@@ -107,6 +107,14 @@ def test_blend_without_second_data_set_is_an_error_that_says_so():
         ColdProcess("blend")
     with pytest.raises(ValueError, match="unknown cold process 'blurr'"):
         ColdProcess("blurr")
+    from unblur.config import Config, apply_overrides
+    from unblur.processes.cold import build_cold_process
+
+    p = apply_overrides(Config(), {"process.kind": "desaturate"}).process
+    with pytest.raises(ValueError, match="desaturate fades colour towards grey, but the data has 1 channel"):
+        build_cold_process(p, shape=(1, 8, 8))
+    assert torch.equal(build_cold_process(p, shape=(1, 8, 8), for_model=False).degrade(images(2, (1, 8, 8)), 0.7),
+                       images(2, (1, 8, 8)))
     with pytest.raises(ValueError, match=r"level t must lie in \[0, 1\]"):
         ColdProcess("blur").degrade(images(2), 1.5)
 

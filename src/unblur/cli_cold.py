@@ -81,7 +81,7 @@ def cmd_degrade(args) -> int:
         x = read_image(f)[None]  # (1, C, H, W)
         shape = tuple(x.shape[1:])
         if shape not in processes:
-            processes[shape] = build_cold_process(p, shape=shape)
+            processes[shape] = build_cold_process(p, shape=shape, for_model=False)
         proc = processes[shape]
         gen = torch.Generator().manual_seed(args.seed + i) if args.process in ("noise", "blend") else None
         write_image(proc.degrade(x, args.level, gen)[0], out / f.relative_to(root))

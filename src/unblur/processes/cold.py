@@ -388,10 +388,18 @@ def fit_gmm(x: Tensor, k: int, *, seed: int = 0, iters: int = 100) -> dict:
     return {"weights": w.tolist(), "means": mu.tolist(), "covs": cov.tolist()}
 
 
-def build_cold_process(p, *, shape: tuple[int, ...] | None = None, start_stats: dict | None = None) -> ColdProcess:
-    """A ColdProcess from a ``ProcessConfig`` ``p``; blend loads ``p.blend_data`` at ``shape`` (C, H, W)."""
+def build_cold_process(p, *, shape: tuple[int, ...] | None = None, start_stats: dict | None = None,
+                       for_model: bool = True) -> ColdProcess:
+    """A ColdProcess from a ``ProcessConfig`` ``p``; blend loads ``p.blend_data`` at ``shape`` (C, H, W).
+
+    ``for_model``: the process of a model over data of ``shape``, which must be able to learn
+    something (desaturate needs colour images; on grey ones it is the identity).
+    """
     if shape is not None and len(shape) != 3:
         raise ValueError(f"the {p.kind} process degrades images, but the data holds vectors of shape {tuple(shape)}")
+    if for_model and p.kind == "desaturate" and shape is not None and shape[0] != 3:
+        raise ValueError(f"desaturate fades colour towards grey, but the data has {shape[0]} channel(s): train it on "
+                         "RGB images (--set data.channels=3 makes grey images RGB, which leaves nothing to restore)")
     others = None
     if p.kind == "blend" and p.blend_data:
         from ..data import load_data
