@@ -78,3 +78,14 @@ def test_trajectory_toy_and_curves_from_runs(tmp_path):
     assert main(["show", "toy", str(toy), "--points", "300", "--steps", "4", "--out", str(out),
                  "--device", "cpu"]) == 0
     assert Image.open(out).size[0] > 800 and Image.open(out.with_suffix(".gif")).n_frames >= 4
+
+
+def test_cold_degradations_are_shown_by_name():
+    """Every cold process but blend (which needs a second data set) plugs into `show forward`."""
+    from unblur.show import get_degrade
+
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    for kind in ("blur", "pixelate", "mask", "snow", "noise"):
+        degrade = get_degrade(kind)
+        assert torch.equal(degrade(x0, torch.zeros(2)), x0), kind
+        assert (degrade(x0, torch.ones(2)) - x0).abs().mean() > 0.05, kind

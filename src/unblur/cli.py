@@ -34,6 +34,10 @@ def _resolve_config(args) -> Config:  # noqa: F821
             over["train.steps"] = 10**9  # the clock decides
     if getattr(args, "device", None):
         over["train.device"] = args.device
+    if getattr(args, "process", None):
+        over["process.kind"] = args.process
+    if getattr(args, "blend_data", None):
+        over["process.blend_data"] = args.blend_data
     return apply_overrides(cfg, over)
 
 
@@ -67,7 +71,7 @@ def load_run(run: str | Path, device: str = "auto"):
     net = build_net(cfg, info)
     net.load_state_dict(state)
     net = net.to(dev).eval().requires_grad_(False)
-    process = build_process(cfg)
+    process = build_process(cfg, info)
     return cfg, info, net, process, build_denoiser(cfg, net, process), dev
 
 
@@ -92,6 +96,8 @@ def _sample(args) -> int:
     cfg, info, net, process, denoiser, dev = load_run(args.run, args.device)
     s = cfg.sample
     sampler = args.sampler or s.sampler
+    if cfg.process.kind not in ("edm", "vp") and not args.sampler:  # cold diffusion
+        sampler = s.sampler if s.sampler in ("cold", "cold-naive") else "cold"
     steps = args.steps or s.steps
     grid = args.grid or (s.grid if cfg.process.kind == "vp" or s.grid in ("karras", "logsnr") else "karras")
     if args.n < 1 or args.batch < 1:
@@ -213,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--process", help="edm | vp | cold diffusion: blur | pixelate | mask | desaturate | snow | "
+                   "blend | noise (options: --set process.KEY=VALUE)")
+    t.add_argument("--blend-data", help="blend: the second data set mixed into the images")
     _add_config_args(t)
     t.set_defaults(fn=cmd_train)
 
@@ -220,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run folder (or its model.safetensors)")
     s.add_argument("--n", type=int, default=16, help="number of samples")
     s.add_argument("--sampler", help="ddpm | ddim | euler | euler-ancestral | heun | dpmpp-2m | dpmpp-2m-sde | "
-                   "pc-langevin (default: the run's)")
+                   "pc-langevin | cold | cold-naive (default: the run's)")
     s.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     s.add_argument("--grid", help="karras | logsnr | leading | trailing | linspace | ddim | full")
     s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch")
@@ -247,9 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default=None)
     d.set_defaults(fn=cmd_demo)
 
-    from .cli_eval import add_commands  # eval, sweep, show
+    from .cli_cold import add_commands as add_cold_commands  # restore, degrade
+    from .cli_eval import add_commands as add_eval_commands  # eval, sweep, show
 
-    add_commands(sub)
+    add_eval_commands(sub)
+    add_cold_commands(sub)
     return p
 
 

@@ -55,6 +55,20 @@ class ProcessConfig:
     sigma_min: float = 0.002  # edm: smallest noise level
     sigma_max: float = 80.0  # edm: largest noise level
     sigma_data: float | None = None  # edm: data standard deviation; None: measured from the data
+    # cold diffusion (kind = blur | pixelate | mask | desaturate | snow | blend | noise), Bansal et al. 2022
+    blur_sigma_max: float = 3.0  # blur: Gaussian width at t = 1, pixels
+    blur_schedule: str = "linear"  # blur: width(t) = max * t (linear) | max * sqrt(t) (sqrt) | max * t^2 (quadratic)
+    pixelate_min: int = 1  # pixelate: side of the coarsest grid at t = 1, pixels
+    mask_kind: str = "centre"  # mask: centre | patches (seeded random order) | fade (Gaussian fade, "defading")
+    mask_fill: float = 0.0  # mask: value of masked pixels, in the data range [-1, 1]
+    mask_patch: int = 2  # mask: patch side for mask_kind=patches, pixels
+    fade_width: float = 0.5  # mask: radial width of the fade, fraction of the half-diagonal
+    snow_density: float = 0.08  # snow: fraction of pixels seeding a flake at t = 1
+    snow_flake: float = 0.7  # snow: flake radius (Gaussian width), pixels
+    noise_sigma_max: float = 1.0  # noise: standard deviation at t = 1 (sigma(t) = max * t)
+    cold_seed: int = 0  # mask patches and snow: the fixed seed of the patch order and of the snow layer
+    blend_data: str | None = None  # blend: the second data set (folder | FILE.npy | builtin:NAME)
+    start_noise: float | None = None  # blur generation: noise std added to the start; None: fitted to the data
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,7 @@ class ObjectiveConfig:
     min_snr_gamma: float = 5.0  # gamma of min-SNR-gamma weighting (Hang et al. 2023)
     p_mean: float = -1.2  # edm: mean of log sigma during training
     p_std: float = 1.2  # edm: std of log sigma during training
+    restore_loss: str = "l1"  # cold processes: l1 | l2 between the restorer's x0_hat and x0
 
 
 @dataclass(frozen=True)

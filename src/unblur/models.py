@@ -8,15 +8,19 @@ from torch import nn
 
 from .config import Config
 from .precond import EDMPrecond, Precond, VPPrecond
+from .processes.cold import COLD_PROCESSES, ColdPrecond, ColdProcess, build_cold_process
 from .processes.gaussian import DiscreteVP, EDMProcess, GaussianProcess
 from .utils import choice_error
 
-PROCESSES = ("edm", "vp")
+PROCESSES = ("edm", "vp", *COLD_PROCESSES)
 MODELS = ("auto", "unet", "mlp")
 
 
-def build_process(cfg: Config) -> GaussianProcess:
+def build_process(cfg: Config, data_info: dict | None = None) -> GaussianProcess | ColdProcess:
     p = cfg.process
+    if p.kind in COLD_PROCESSES:  # cold diffusion; data_info gives the image shape and the start statistics
+        info = data_info or {}
+        return build_cold_process(p, shape=info.get("shape"), start_stats=info.get("cold_start"))
     if p.kind == "edm":
         return EDMProcess(sigma_min=p.sigma_min, sigma_max=p.sigma_max,
                           sigma_data=0.5 if p.sigma_data is None else p.sigma_data)
@@ -71,7 +75,9 @@ def build_net(cfg: Config, data_info: dict) -> nn.Module:
     return condition_net(cfg, data_info, ucfg)
 
 
-def build_denoiser(cfg: Config, net: nn.Module, process: GaussianProcess) -> Precond:
+def build_denoiser(cfg: Config, net: nn.Module, process: GaussianProcess | ColdProcess) -> Precond | ColdPrecond:
+    if isinstance(process, ColdProcess):
+        return ColdPrecond(net, process)
     if isinstance(process, EDMProcess):
         return EDMPrecond(net, process.sigma_data)
     if isinstance(process, DiscreteVP):

@@ -61,7 +61,23 @@ def _register_gaussian() -> None:
     register_degradation("edm", lambda device: gaussian_degrade(EDMProcess()))
 
 
+def _register_cold() -> None:
+    from .processes.cold import COLD_PROCESSES, ColdProcess
+
+    def factory(kind: str) -> Callable[[torch.device], Degrade]:
+        def make(device: torch.device) -> Degrade:
+            process = ColdProcess(kind=kind)
+            return lambda x0, t: process.degrade(x0, t, generator=torch.Generator(x0.device).manual_seed(0))
+
+        return make
+
+    for kind in COLD_PROCESSES:
+        if kind != "blend":  # blend needs a second data set: show it from a trained run instead
+            register_degradation(kind, factory(kind))
+
+
 _register_gaussian()
+_register_cold()
 
 
 def get_degrade(name: str, device: torch.device | str = "cpu") -> Degrade:

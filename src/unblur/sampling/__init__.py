@@ -11,6 +11,7 @@ from ..processes.gaussian import GaussianProcess
 from ..processes.grids import make_grid
 from ..types import Callback, Cond, Denoiser, Generator
 from ..utils import choice_error, randn
+from .cold import COLD_SAMPLERS, generate_cold, sample_cold, sample_cold_naive
 from .samplers import (
     check_grid,
     sample_ddim,
@@ -32,6 +33,8 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp-2m": sample_dpmpp_2m,
     "dpmpp-2m-sde": sample_dpmpp_2m_sde,
     "pc-langevin": sample_pc_langevin,
+    "cold": sample_cold,  # cold processes only (Bansal et al. Algorithm 2)
+    "cold-naive": sample_cold_naive,  # cold processes only (Bansal et al. Algorithm 1)
 }
 
 
@@ -73,6 +76,9 @@ def generate(
     Returns x0 in VE scale (the data scale) of shape ``shape``.
     """
     fn = get_sampler(sampler)
+    if sampler in COLD_SAMPLERS or not isinstance(process, GaussianProcess):  # cold diffusion: levels t in [0, 1]
+        return generate_cold(denoiser, shape, process=process, sampler=sampler, steps=steps, cond=cond,
+                             generator=generator, callback=callback, device=device, dtype=dtype, **options)
     sigmas = make_grid(grid, steps, process) if isinstance(grid, str) else check_grid(grid)
     sigmas = sigmas.to(torch.float64)  # coefficients stay float64; samplers move levels to x.device
     x = randn(shape, generator=generator, device=device, dtype=dtype) * process.prior_std(float(sigmas[0]))
@@ -80,11 +86,14 @@ def generate(
 
 
 __all__ = [
+    "COLD_SAMPLERS",
     "SAMPLERS",
     "check_grid",
     "generate",
     "get_sampler",
     "nfe",
+    "sample_cold",
+    "sample_cold_naive",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",

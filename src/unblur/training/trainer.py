@@ -31,6 +31,7 @@ from ..guidance import clip_x0
 from ..images import grid_scale, make_grid, save_png, scatter_image
 from ..models import build_denoiser, build_net, build_process, data_info_of
 from ..objectives import LossModule, draw_noise, sample_sigma
+from ..processes.cold import ColdProcess
 from ..sampling import generate
 from ..utils import resolve_device, seeded_generators
 from .checkpoint import (
@@ -42,6 +43,7 @@ from .checkpoint import (
     save_model,
     save_train_state,
 )
+from .cold import GENERATIVE, ColdLossModule, cold_batch, restoration_metrics
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
 
@@ -214,7 +216,11 @@ class Trainer:
         self.data_info = data_info_of(self.data)
         self.conditioner = Conditioner(cfg, self.data, self.out, self.device, progress=progress and self.dist.main)
         self.data_info.update(self.conditioner.info)
-        self.process = build_process(cfg)
+        self.process = build_process(cfg, self.data_info)
+        self.cold = isinstance(self.process, ColdProcess)
+        if self.cold:  # the start of generation, fitted once on the data and saved with the run
+            self.data_info["cold_start"] = self.process.fit_start(self.data.x, seed=t.seed)
+            self.process = build_process(cfg, self.data_info)
         torch.manual_seed(_mix(t.seed, 0xC0FFEE))
         net = build_net(cfg, self.data_info).to(self.device)
         wants_cl = self.device.type == "cuda" if t.channels_last is None else t.channels_last
@@ -226,7 +232,8 @@ class Trainer:
         self.model = build_denoiser(cfg, net, self.process)
         o = cfg.objective
         loss_module: nn.Module = LossModule(self.model, loss=o.loss, weighting=o.weighting,
-                                            min_snr_gamma=o.min_snr_gamma)
+                                            min_snr_gamma=o.min_snr_gamma) if not self.cold else \
+            ColdLossModule(self.model, loss=o.restore_loss)
         if t.compile:
             loss_module = torch.compile(loss_module)
         if self.dist.world > 1:
@@ -310,6 +317,8 @@ class Trainer:
         s = self.cfg.sample
         n = s.grid_n if self.data.kind == "image" else 4000
         shape = (n, *self.data_info["shape"])
+        if self.cold:
+            return self._cold_grid(n)
         gens = seeded_generators(range(n), device=self.device) if self.data.kind == "image" else \
             torch.Generator(self.device).manual_seed(0)
         den, cond = self.ema_denoiser(), self.conditioner.grid_cond(n)
@@ -326,6 +335,29 @@ class Trainer:
             save_png(make_grid(x, scale=grid_scale(x.shape[-2])), path)
         else:
             save_png(scatter_image(x), path)
+        return path
+
+    def _cold_grid(self, n: int) -> Path:
+        """Cold runs: generated samples (or, for degradations without an image-free start, the
+        restorations of fully degraded data), and the restoration PSNR/SSIM in metrics.jsonl."""
+        s, den = self.cfg.sample, self.ema_denoiser()
+        sampler = s.sampler if s.sampler in ("cold", "cold-naive") else "cold"
+        x0 = self.data.x[:n].to(self.device)
+        with torch.no_grad():
+            if self.process.kind in GENERATIVE:
+                x = generate(den, (n, *self.data_info["shape"]), process=self.process, sampler=sampler,
+                             steps=s.steps, generator=seeded_generators(range(n), device=self.device),
+                             device=self.device)
+            else:
+                from ..sampling.cold import restore
+
+                x = restore(den, self.process.degrade(x0, 1.0), 1.0, process=self.process, sampler=sampler,
+                            steps=s.steps)
+            metrics = restoration_metrics(den, self.process, x0, level=1.0, steps=s.steps, sampler=sampler)
+        if metrics:
+            self._log({"step": self.step, **metrics})
+        path = self.out / "samples" / f"step-{self.step:08d}.png"
+        save_png(make_grid(x, scale=grid_scale(x.shape[-2])), path)
         return path
 
     # -- the loop --------------------------------------------------------------------------
@@ -353,9 +385,12 @@ class Trainer:
             if self.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             o = self.cfg.objective
-            sigma = sample_sigma(self.process, len(x0), generator=gen, device=self.device,
-                                 p_mean=o.p_mean, p_std=o.p_std)
-            noise = draw_noise(x0, gen)
+            if self.cold:  # cold diffusion: sigma is the level t, noise the degraded batch x_t
+                sigma, noise = cold_batch(self.process, x0, gen)
+            else:
+                sigma = sample_sigma(self.process, len(x0), generator=gen, device=self.device,
+                                     p_mean=o.p_mean, p_std=o.p_std)
+                noise = draw_noise(x0, gen)
             cond = drop_cond(cond, self.conditioner.p, gen, self.conditioner.num_classes)
             sync = contextlib.nullcontext()
             if d.world > 1 and k < len(micro) - 1:
