@@ -45,3 +45,14 @@ def test_toml_file(tmp_path):
         load_toml(f)
     with pytest.raises(ValueError, match="does not exist"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_sampling_grid_follows_the_process():
+    from unblur.models import sampling_grid
+
+    vp = apply_overrides(Config(), {"process.kind": "vp"})
+    assert sampling_grid(vp) == "trailing" and sampling_grid(Config()) == "karras"
+    # A discrete spacing means nothing on a continuous process; an explicit --grid always wins.
+    assert sampling_grid(apply_overrides(Config(), {"sample.grid": "leading"})) == "karras"
+    assert sampling_grid(apply_overrides(vp, {"sample.grid": "leading"})) == "leading"
+    assert sampling_grid(Config(), "logsnr") == "logsnr"

@@ -90,6 +90,7 @@ def _sample(args) -> int:
     from .conditioning import SampleContext
     from .guidance import clip_x0
     from .images import grid_scale, make_grid, save_png, scatter_image, to_pil
+    from .models import sampling_grid
     from .sampling import generate, nfe
     from .utils import seeded_generators
 
@@ -99,7 +100,7 @@ def _sample(args) -> int:
     if cfg.process.kind not in ("edm", "vp") and not args.sampler:  # cold diffusion
         sampler = s.sampler if s.sampler in ("cold", "cold-naive") else "cold"
     steps = args.steps or s.steps
-    grid = args.grid or (s.grid if cfg.process.kind == "vp" or s.grid in ("karras", "logsnr") else "karras")
+    grid = sampling_grid(cfg, args.grid)
     if args.n < 1 or args.batch < 1:
         raise ValueError(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
     is_image = info["kind"] == "image"

@@ -63,9 +63,9 @@ def _settings(args, info):
 
 
 def _grid_of(cfg, args) -> str:
-    s = cfg.sample
-    return getattr(args, "grid", None) or (s.grid if cfg.process.kind == "vp" or s.grid in ("karras", "logsnr")
-                                           else "karras")
+    from .models import sampling_grid
+
+    return sampling_grid(cfg, getattr(args, "grid", None))
 
 
 def cmd_eval(args) -> int:

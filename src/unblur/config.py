@@ -112,7 +112,7 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "dpmpp-2m"  # a name from unblur.sampling.SAMPLERS
     steps: int = 20  # sampler steps
-    grid: str = "karras"  # karras | logsnr | leading | trailing | linspace | ddim | full
+    grid: str = "auto"  # auto (vp: trailing; else karras) | karras | logsnr | leading | trailing | linspace | ddim
     clip: bool = True  # clamp x0_hat to the data range [-1, 1] (images only)
     grid_n: int = 64  # images in the periodic training grids
 

@@ -83,3 +83,23 @@ def build_denoiser(cfg: Config, net: nn.Module, process: GaussianProcess | ColdP
     if isinstance(process, DiscreteVP):
         return VPPrecond(net, process, cfg.objective.prediction)
     raise ValueError(f"no preconditioning for {process!r}")
+
+
+DISCRETE_GRIDS = ("leading", "trailing", "linspace", "ddim", "full")
+
+
+def sampling_grid(cfg: Config, override: str | None = None) -> str:
+    """The grid a run samples on: ``override`` (a command-line ``--grid``) or ``sample.grid``.
+
+    ``auto`` is trailing timesteps for a discrete VP model (Karras' rho-grid, made for EDM's
+    sigma range, starts too coarse on a linear-beta schedule at 10 steps and fewer) and
+    Karras otherwise. A run's saved discrete spacing falls back to Karras on a continuous
+    process, where timestep spacings have no meaning.
+    """
+    if override:
+        return override
+    g = cfg.sample.grid
+    vp = cfg.process.kind == "vp"
+    if g == "auto":
+        return "trailing" if vp else "karras"
+    return g if vp or g not in DISCRETE_GRIDS else "karras"

@@ -375,11 +375,12 @@ def run_show(args) -> int:
 
     from .cli import load_run
     from .guidance import clip_x0
+    from .models import sampling_grid
 
     cfg, info, net, process, denoiser, dev = load_run(args.run, args.device)
     sampler = args.sampler or cfg.sample.sampler
     steps = args.steps or cfg.sample.steps
-    grid = cfg.sample.grid if cfg.process.kind == "vp" or cfg.sample.grid in ("karras", "logsnr") else "karras"
+    grid = sampling_grid(cfg)
     if what == "trajectory":
         if info["kind"] != "image":
             raise ValueError("show trajectory draws images; for a 2-D model use `unblur show toy`")

@@ -29,7 +29,7 @@ from ..data import Data, load_data, random_hflip
 from ..guidance import cfg as guide
 from ..guidance import clip_x0
 from ..images import grid_scale, make_grid, save_png, scatter_image
-from ..models import build_denoiser, build_net, build_process, data_info_of
+from ..models import build_denoiser, build_net, build_process, data_info_of, sampling_grid
 from ..objectives import LossModule, draw_noise, sample_sigma
 from ..processes.cold import ColdProcess
 from ..sampling import generate
@@ -327,8 +327,7 @@ class Trainer:
                         self.conditioner.null(cond))
             den = clip_x0(den) if self.cfg.sample.clip else den
         x = generate(den, shape, cond=cond, process=self.process, sampler=s.sampler, steps=s.steps,
-                     grid=s.grid if not (s.grid in ("leading", "trailing", "linspace", "ddim", "full")
-                                         and self.cfg.process.kind != "vp") else "karras",
+                     grid=sampling_grid(self.cfg),
                      generator=gens, device=self.device)
         path = self.out / "samples" / f"step-{self.step:08d}.png"
         if self.data.kind == "image":
