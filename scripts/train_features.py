@@ -29,8 +29,8 @@ from unblur.eval.features import (  # noqa: E402
     weights_path,
 )
 
-# training settings per net where they differ from the command line's defaults (kept small: well under a
-# minute of CPU each)
+# training settings per net where they differ from the command line's defaults (kept small: about a minute
+# of CPU at most)
 NET_DEFAULTS: dict[str, dict] = {
     "digits": {"epochs": 40},
     "shapes": {"epochs": 4},
