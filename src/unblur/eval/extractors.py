@@ -3,7 +3,7 @@ reference features.
 
 Specs (``--features``):
 
-* ``builtin:digits``: the small digits classifier shipped with unblur (``features.py``).
+* ``builtin:digits``, ``builtin:shapes``: the small classifiers shipped with unblur (``features.py``).
 * ``inception:PATH``: Inception-v3 for FID. PATH is either NVIDIA's TorchScript detector
   ``inception-2015-12-05.pt`` (the standard FID network, a port of the TensorFlow graph; it
   resizes to 299 itself) or torchvision's ``inception_v3_google-0cc3c7bd.pth`` state dict
@@ -108,8 +108,8 @@ def load_extractor(spec: str, *, device: torch.device, data_source: str | None =
     if spec.startswith("hf:"):
         return _hf(spec[len("hf:") :], device)
     raise ValueError(
-        f"unknown feature network {spec!r}: use auto, builtin:digits, inception:PATH, torchvision:ARCH:PATH, "
-        "hf:PATH or pixels"
+        f"unknown feature network {spec!r}: use auto, builtin:digits, builtin:shapes, inception:PATH, "
+        "torchvision:ARCH:PATH, hf:PATH or pixels"
     )
 
 

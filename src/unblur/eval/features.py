@@ -56,6 +56,15 @@ class FeatureNetSpec:
 
 BUILTIN_FEATURE_NETS: dict[str, FeatureNetSpec] = {
     "digits": FeatureNetSpec(name="digits", data="builtin:digits"),
+    "shapes": FeatureNetSpec(
+        name="shapes",
+        data="builtin:shapes",
+        input_size=(32, 32),
+        channels=3,
+        num_classes=5,
+        class_names=("circle", "square", "triangle", "diamond", "cross"),  # unblur.data.shapes.SHAPES
+        widths=(16, 32, 64, 64),
+    ),
 }
 
 
