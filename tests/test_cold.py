@@ -257,5 +257,21 @@ def test_cli_train_restore_degrade_sample(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert np.load(tmp_path / "s" / "samples.npy").shape == (3, 1, 8, 8)
 
+    report = tmp_path / "eval.json"
+    r = _cli("eval", run, "--metrics", "psnr,ssim", "--n", 16, "--level", 0.5, "--json", report)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(report.read_text())
+    assert rep["restore_level"] == 0.5 and rep["restored_items"] == 16
+    assert math.isfinite(rep["psnr"]) and -1 <= rep["ssim"] <= 1 and math.isfinite(rep["degraded"]["psnr"])
+    assert "restored from level 0.5" in r.stdout
+
     r = _cli("train", "--process", "blend", "--out", tmp_path / "b", "--steps", 1)
     assert r.returncode == 2 and "--blend-data" in r.stderr
+
+
+def test_restoration_metrics_need_a_cold_process():
+    from unblur.eval.report import EvalSettings, restoration_report
+    from unblur.processes import EDMProcess
+
+    with pytest.raises(ValueError, match="cold-diffusion run"):
+        restoration_report(lambda x, s, c: x, EDMProcess(), torch.zeros(2, 1, 8, 8), EvalSettings(), ("psnr",))

@@ -55,7 +55,7 @@ def _settings(args, info):
         raise ValueError(f"--n must be >= 1, got {args.n}")
     kwargs = dict(metrics=metrics, n=args.n, features=args.features, seed=args.seed, batch=args.batch,
                   use_cache=not args.no_cache)
-    for name in ("ode_steps", "likelihood_n"):
+    for name in ("ode_steps", "likelihood_n", "restore_level"):
         value = getattr(args, name, None)
         if value is not None:
             kwargs[name] = value
@@ -120,6 +120,10 @@ def summarize(report: dict) -> str:
         if "true_entropy" in report:
             line += f"; true entropy {report['true_entropy']:.4f}, true NLL of these points {report['true_nll']:.4f}"
         lines.append(line)
+    for key, unit in (("psnr", " dB"), ("ssim", "")):
+        if report.get(key) is not None:
+            lines.append(f"{key:>10}: {report[key]:.4f}{unit} restored from level {report['restore_level']:g} "
+                         f"(degraded input {report['degraded'][key]:.4f}{unit}; {report['restored_items']} images)")
     return "\n".join(lines)
 
 
@@ -179,12 +183,14 @@ def add_commands(sub) -> None:
     """Register eval, sweep and show on the main parser's sub-parsers."""
     e = sub.add_parser("eval", help="FID/KID, precision/recall, IS, bits/dim or NLL of a run, beside a data floor")
     _common_eval_args(e)
-    e.add_argument("--metrics", help="comma-separated: fid,kid,pr,is,bpd,nll (default: fid,kid,pr,is for images, "
-                   "fid,kid,pr,nll for vectors)")
+    e.add_argument("--metrics", help="comma-separated: fid,kid,pr,is,bpd,nll,psnr,ssim (default: fid,kid,pr,is "
+                   "for images, fid,kid,pr,nll for vectors; psnr,ssim for cold-diffusion runs)")
     e.add_argument("--sampler", help="sampler for the generated samples (default: the run's)")
     e.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     e.add_argument("--ode-steps", type=int, help="RK4 steps of the probability-flow ODE (default 32)")
     e.add_argument("--likelihood-n", type=int, help="real items whose bits/dim or NLL is computed (default 64)")
+    e.add_argument("--level", dest="restore_level", type=float,
+                   help="psnr/ssim of a cold run: degrade held-out images to this level, then restore (default 0.5)")
     e.add_argument("--json", help="write the report here")
     e.set_defaults(fn=cmd_eval)
 
