@@ -235,8 +235,11 @@ def test_cli_eval_errors_say_what_to_do(digits_run, tmp_path, monkeypatch, capsy
     assert "mismatched sizes" in capsys.readouterr().err
     assert main(["eval", run, "--data", str(big), "--resize", "--n", "3", "--metrics", "pr", "--steps", "2"]) == 2
     assert "too few samples" in capsys.readouterr().err
+    assert main(["eval", run, "--metrics", "fid,lpips"]) == 2
+    assert "unknown metric 'lpips'" in capsys.readouterr().err
     assert main(["eval", run, "--metrics", "fid,psnr"]) == 2
-    assert "unknown metric 'psnr'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cold-diffusion run" in err and "sample" not in err  # refused before any sampling
     assert main(["eval", run, "--metrics", "nll"]) == 2
     assert "for images ask for bpd" in capsys.readouterr().err
 

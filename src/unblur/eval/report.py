@@ -172,6 +172,8 @@ def evaluate(
         raise ValueError("bits/dim is for images; for vector data ask for nll (nats)")
     if is_image and "nll" in metrics:
         raise ValueError("nll (nats) is for vector data; for images ask for bpd")
+    if "psnr" in metrics or "ssim" in metrics:
+        check_restoration(process, settings.restore_level)
     sample_metrics = [m for m in metrics if m in ("fid", "kid", "pr", "is")]
     ref, floor_x = split_halves(real, settings.seed)
     n = settings.n or len(floor_x)
@@ -238,19 +240,25 @@ def evaluate(
     return report
 
 
-def restoration_report(restorer, process, x: Tensor, settings: EvalSettings, metrics: Sequence[str]) -> dict:
-    """PSNR / SSIM of held-out images x degraded to ``settings.restore_level`` and restored by a cold
-    run (the improved sampler, about ``steps * level`` steps), beside those of the degraded input."""
+def check_restoration(process, level: float) -> None:
+    """psnr/ssim need a cold-diffusion run and a level in (0, 1]; checked before any sampling starts."""
     from ..processes.cold import ColdProcess
-    from ..sampling.cold import restore
-    from .restoration import psnr, ssim
 
     if not isinstance(process, ColdProcess):
         raise ValueError(f"psnr and ssim measure restoration by a cold-diffusion run (--process blur, mask, ...); "
                          f"this run's process is {process!r}: ask for fid, kid, pr, is or bpd instead")
-    level = settings.restore_level
     if not 0 < level <= 1:
         raise ValueError(f"--level must lie in (0, 1], got {level}")
+
+
+def restoration_report(restorer, process, x: Tensor, settings: EvalSettings, metrics: Sequence[str]) -> dict:
+    """PSNR / SSIM of held-out images x degraded to ``settings.restore_level`` and restored by a cold
+    run (the improved sampler, about ``steps * level`` steps), beside those of the degraded input."""
+    from ..sampling.cold import restore
+    from .restoration import psnr, ssim
+
+    check_restoration(process, settings.restore_level)
+    level = settings.restore_level
     g = torch.Generator(x.device).manual_seed(settings.seed)
     degraded = process.degrade(x, torch.full((len(x),), level, device=x.device, dtype=x.dtype), generator=g)
     with torch.no_grad():
