@@ -120,6 +120,31 @@ def measure(net: nn.Module, x: torch.Tensor, *, train: bool, bf16: bool, seconds
     return x.shape[0] / time_steps(step, seconds)
 
 
+def conv_ceiling(net: nn.Module, x: torch.Tensor, *, bf16: bool, seconds: float) -> float:
+    """Images per second if a training step cost only the network's convolutions.
+
+    Every ``nn.Conv2d`` of one forward pass is recorded with its input shape, then each runs
+    alone, forward and backward (input gradient wherever the network needs one), under the
+    same autocast. No network built from these convolutions can train faster than this.
+    """
+    shapes: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: shapes.append((m, tuple(inp[0].shape))))
+             for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net(x, torch.rand(x.shape[0]))
+    for h in hooks:
+        h.remove()
+    inputs = [torch.randn(shape, requires_grad=i > 0) for i, (_, shape) in enumerate(shapes)]
+
+    def step():
+        for (conv, _), inp in zip(shapes, inputs):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = conv(inp)
+            out.backward(torch.ones_like(out))
+
+    return x.shape[0] / time_steps(step, seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
@@ -187,6 +212,13 @@ def main() -> None:
             if theirs is not None:
                 row += f" {ips / best('diffusers', train, dt)[0]:11.2f}x"
             print(row)
+    print()
+    print("ceiling: the same training step if only unblur's convolutions cost time (forward + backward)")
+    for dt in peaks:
+        ips = conv_ceiling(ours.to(memory_format=torch.contiguous_format), x, bf16=dt == "bf16",
+                           seconds=args.seconds)
+        best_theirs = f", {ips / best('diffusers', True, dt)[0]:.2f}x diffusers' {dt}" if theirs is not None else ""
+        print(f"  {dt}: {ips:7.1f} img/s{best_theirs}")
 
 
 if __name__ == "__main__":
