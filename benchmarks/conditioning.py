@@ -2,7 +2,7 @@
 
     python benchmarks/conditioning.py classes  --minutes 8     # class-conditional digits
     python benchmarks/conditioning.py superres --minutes 8     # 4x super-resolution on digits
-    python benchmarks/conditioning.py text     --minutes 20    # MiniLM captions on builtin:shapes
+    python benchmarks/conditioning.py text     --minutes 19 --bf16    # MiniLM captions on builtin:shapes
 
 * ``classes``: a U-Net on the 8x8 digits with class labels and condition dropout 0.1, trained for
   ``--minutes`` on the CPU; then ``--per-class`` samples of every class at guidance 0, 1 and 3.
@@ -16,8 +16,10 @@
 * ``text``: builtin:shapes (32x32) with captions through the default MiniLM encoder; six
   (colour, shape) combinations never appear in training. 200 held-out prompts drawn from those
   combinations (every phrasing) are sampled at guidance 0, 1, 3 and 5 and checked by
-  ``unblur.data.shapes_check``: colour and shape accuracy. A grid of prompts and samples is
-  written to ``--grid``.
+  ``unblur.data.shapes_check``: colour and shape accuracy; 200 prompts of seen combinations at
+  guidance 3 tell composition apart from plain undertraining. A grid of prompts and samples is
+  written to ``--grid``. ``--bf16`` trains under bfloat16 autocast (about 1.7x the steps on an
+  AVX-512 CPU).
 """
 
 from __future__ import annotations
@@ -142,7 +144,8 @@ def cmd_text(args) -> None:
         "model.base_channels": args.width, "model.num_res_blocks": args.blocks,
         "train.minutes": args.minutes, "train.steps": args.steps or 10**9,
         "train.sample_every": 0, "train.checkpoint_every": 0, "sample.grid_n": 16, "train.threads": args.threads,
-        "train.batch_size": args.batch,
+        "train.batch_size": args.batch, "train.bf16": args.bf16,
+        "train.lr_schedule": args.lr_schedule,
     })
     tr, seconds = train(cfg, Path(args.out) / "text", data=data)
     items = make_items(args.prompts, seed=12345, only=HELD_OUT)
@@ -161,6 +164,12 @@ def cmd_text(args) -> None:
     print("|---|---|---|")
     for w, c, s in rows:
         print(f"| {w:g} | {c:.3f} | {s:.3f} |")
+    seen = make_items(args.prompts, seed=54321, exclude=HELD_OUT)
+    sf, sm = enc.encode([it.caption for it in seen])
+    x = sample(tr, {"text": sf, "text_mask": sm}, len(seen), 3.0)
+    res = [check_item(x[i], it) for i, it in enumerate(seen)]
+    print(f"| 3 (combinations seen in training) | {np.mean([r['colour'] for r in res]):.3f} "
+          f"| {np.mean([r['shape'] for r in res]):.3f} |")
     if args.grid:
         w = 3.0 if 3.0 in grids else args.guidance[-1]
         save_png(prompt_grid(grids[w][:24], [it.caption for it in items[:24]]), args.grid)
@@ -204,6 +213,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64, help="text: batch size")
     p.add_argument("--prompts", type=int, default=200, help="text: held-out prompts")
     p.add_argument("--blocks", type=int, default=1, help="text: U-Net residual blocks per level")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="text: learning-rate schedule (cosine decays to 0 at --steps)")
+    p.add_argument("--bf16", action="store_true", help="text: train under bfloat16 autocast")
     p.add_argument("--grid", default=None, help="text: PNG of prompts' samples")
     args = p.parse_args()
     if args.guidance is None:
