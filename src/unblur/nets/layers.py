@@ -12,13 +12,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..utils import zero_init
 
 # On CPU, the fused (flash) attention kernel is slow in bf16/fp16 for short sequences: at 8x8 and
 # 4x4 feature maps (64 and 16 positions) its forward + backward took 2.5-10x longer than the
 # plain matmul-softmax-matmul path on a 2-core AVX-512 machine, while in fp32 and for long
-# sequences (>= 128 x 128 scores) the fused kernel wins. ``attention`` picks accordingly.
+# sequences (over 128 x 128 scores) the fused kernel wins. ``attention`` picks accordingly.
 _CPU_MATH_MAX_SCORES = 128 * 128
 
 
@@ -26,8 +27,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
     """``scaled_dot_product_attention`` with the faster kernel for short reduced-precision CPU work."""
     if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
             and q.shape[-2] * k.shape[-2] <= _CPU_MATH_MAX_SCORES):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
