@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unblur.config import Config, apply_overrides
+from unblur.config import Config, apply_overrides, parse_set
 from unblur.data import load_data, split
 from unblur.eval.restoration import psnr, ssim
 from unblur.guidance import clip_x0
@@ -77,6 +77,10 @@ def main() -> None:
     ap.add_argument("--blur-sigma", type=float, default=4.0, help="process.blur_sigma_max (pixels)")
     ap.add_argument("--steps", type=int, default=20, help="cold sampler steps over t in [0, 1]")
     ap.add_argument("--n", type=int, default=500, help="generated samples per sampler")
+    ap.add_argument("--dropout", type=float, default=0.1,
+                    help="blur restorer: dropout in the residual blocks (1,437 training digits are few)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="blur run: any other config override, as `unblur train --set` takes it (repeatable)")
     args = ap.parse_args()
 
     data = load_data("builtin:digits")
@@ -90,9 +94,10 @@ def main() -> None:
           f"(held-out accuracy {acc(x):.3f}); it stands in for a shipped digits feature network\n")
 
     # -- deblurring and generation by blur ---------------------------------------------------
-    trainer, secs = get_run(runs / "blur", {"process.kind": "blur", "process.blur_sigma_max": args.blur_sigma},
+    trainer, secs = get_run(runs / "blur", {"process.kind": "blur", "process.blur_sigma_max": args.blur_sigma,
+                                            "model.dropout": args.dropout, **parse_set(args.set)},
                             train, args.minutes)
-    R, proc = trainer.ema_denoiser(), trainer.process
+    R, proc = clip_x0(trainer.ema_denoiser()), trainer.process  # clamped to [-1, 1], as `unblur restore` does
     print(f"blur run: {trainer.step} steps ({f'trained now in {secs:.0f} s' if secs else 'reused'}), "
           f"sigma_max {proc.blur_sigma_max} px, {args.steps} sampler steps; {len(x)} held-out digits\n")
     xt = proc.degrade(x, 1.0)
@@ -125,7 +130,7 @@ def main() -> None:
     print("| sampler                   | steps | mean top-class prob | class entropy |")
     print("|---------------------------|-------|---------------------|---------------|")
     for sampler in ("cold", "cold-naive"):
-        for steps in sorted({args.steps, 50}):
+        for steps in sorted({args.steps, 50, 100}):
             s = generate_cold(R, (args.n, 1, 8, 8), process=proc, sampler=sampler, steps=steps,
                               generator=seeded_generators(range(args.n)))
             top, ent = recognisability(clf, s)
