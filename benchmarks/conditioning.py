@@ -188,7 +188,7 @@ def cmd_text(args) -> None:
     other = make_items(args.prompts, seed=777, only=HELD_OUT)
     of, om = enc.encode([it.caption for it in other])
     x = sample(tr, {"text": of, "text_mask": om}, len(other), 3.0, sampler=args.sampler, steps=args.sample_steps)
-    print("| 3, another 200 held-out prompts | {:.3f} | {:.3f} |".format(*score(x, other)))
+    print("| 3, another {} held-out prompts | {:.3f} | {:.3f} |".format(len(other), *score(x, other)))
     if args.sampler != "dpmpp-2m":
         x = sample(tr, cond, len(items), 3.0, sampler="dpmpp-2m", steps=20)
         print("| 3, dpmpp-2m 20 steps (deterministic) | {:.3f} | {:.3f} |".format(*score(x, items)))
