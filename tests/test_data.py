@@ -18,6 +18,7 @@ from unblur.data import (
     get_toy2d,
     load_data,
     random_hflip,
+    random_shift,
     split,
 )
 from unblur.utils import seeded_generators
@@ -401,3 +402,24 @@ def test_random_hflip():
     assert torch.equal(a, b)
     flipped = (a != big).flatten(1).any(1).float().mean()
     assert math.isclose(float(flipped), 0.5, abs_tol=0.1)
+
+
+def test_random_shift_moves_whole_images_by_at_most_the_limit():
+    x = torch.randn(64, 2, 7, 9)
+    assert random_shift(x, torch.Generator().manual_seed(0), 0) is x
+    a = random_shift(x, torch.Generator().manual_seed(3), 2)
+    assert torch.equal(a, random_shift(x, torch.Generator().manual_seed(3), 2))  # deterministic
+    assert a.shape == x.shape and a.dtype == x.dtype
+    seen = set()
+    for i in range(len(x)):  # each output is the input moved by one (dy, dx) with |dy|, |dx| <= 2
+        pad = torch.nn.functional.pad(x[i : i + 1], (2, 2, 2, 2), mode="replicate")[0]
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(a[i], pad[:, 2 + dy : 2 + dy + 7, 2 + dx : 2 + dx + 9])]
+        assert len(hits) == 1
+        seen.add(hits[0])
+    assert len(seen) > 15  # the 25 shifts are all drawn
+    gens = seeded_generators(range(5))
+    b = random_shift(x[:5], gens, 1)
+    assert torch.equal(b[2:3], random_shift(x[2:3], seeded_generators([2]), 1))  # per-sample generators
+    with pytest.raises(ValueError, match="at most 6"):
+        random_shift(x, None, 7)

@@ -75,6 +75,18 @@ def test_run_folder_holds_the_artefacts_and_samples_with_no_flags(tmp_path, caps
     assert f"{n_params:,} parameters" in text and "steps" in text
 
 
+def test_shift_augmentation_trains_and_a_too_large_shift_is_refused(tmp_path, capsys):
+    plain, shifted = tmp_path / "plain", tmp_path / "shifted"
+    train(_cfg(**{"train.steps": 3}), plain, progress=False)
+    train(_cfg(**{"train.steps": 3, "data.shift": 1}), shifted, progress=False)
+    assert _losses(plain)[0] != _losses(shifted)[0]  # the first batch already differs
+    code = main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "bad"), "--steps", "2",
+                 "--set", "data.shift=8"])
+    assert code == 2
+    assert "data.shift=8 must lie in 0..7" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     run = tmp_path / "run"
     train(_cfg(**{"train.steps": 2}), run, progress=False)

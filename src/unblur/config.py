@@ -29,6 +29,7 @@ class DataConfig:
     channels: int | None = None  # 1 or 3; None: from the data
     keep_aspect: bool = False  # keep the most common (H, W) instead of a square crop
     hflip: bool = False  # random horizontal flips during training
+    shift: int = 0  # random translations of up to this many pixels during training (edges repeated)
     max_bad_fraction: float = 0.1  # error when more than this fraction of images fails to load
     num_points: int = 20000  # points drawn from a builtin:toy2d set
     num_images: int = 10000  # images drawn for builtin:shapes and builtin:shapes:pairs

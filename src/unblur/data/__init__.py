@@ -10,7 +10,7 @@ Everything is loaded whole into memory as one ``Data`` (a dataclass that is also
 """
 
 from .arrays import load_npy
-from .base import Data, DataWarning, random_hflip, split
+from .base import Data, DataWarning, random_hflip, random_shift, split
 from .builtin import builtin_names, load_digits, load_toy2d
 from .folder import IMAGE_EXTENSIONS, load_folder
 from .load import load_data
@@ -32,5 +32,6 @@ __all__ = [
     "load_shapes",
     "load_toy2d",
     "random_hflip",
+    "random_shift",
     "split",
 ]

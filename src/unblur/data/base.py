@@ -172,6 +172,30 @@ def random_hflip(x: Tensor, generator: Generator, *, p: float = 0.5) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def random_shift(x: Tensor, generator: Generator, max_shift: int) -> Tensor:
+    """Translate each image of a (B, C, H, W) batch by whole pixels, up to ``max_shift`` in each
+    direction (uniform, independent in rows and columns); borders repeat the edge pixels.
+
+    ``generator`` is one ``torch.Generator`` or one per sample (see ``utils.rand``).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"random_shift needs a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    m = int(max_shift)
+    if m < 0:
+        raise ValueError(f"the largest shift must be >= 0 pixels, got {max_shift}")
+    if m == 0:
+        return x
+    B, C, H, W = x.shape
+    if m >= min(H, W):
+        raise ValueError(f"a shift of up to {m} px leaves nothing of a {H}x{W} image: use at most {min(H, W) - 1}")
+    d = (rand((B, 2), generator=generator, device=x.device) * (2 * m + 1)).floor().long().clamp(max=2 * m)
+    rows = torch.arange(H, device=x.device)[None, :] + d[:, :1]  # (B, H) rows of the padded image
+    cols = torch.arange(W, device=x.device)[None, :] + d[:, 1:]  # (B, W)
+    padded = torch.nn.functional.pad(x, (m, m, m, m), mode="replicate")
+    b = torch.arange(B, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
 # -- image tensor helpers shared by the .npy and built-in loaders ----------------------------
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..conditioning import Conditioner, drop_cond
 from ..config import Config
-from ..data import Data, load_data, random_hflip
+from ..data import Data, load_data, random_hflip, random_shift
 from ..guidance import cfg as guide
 from ..guidance import clip_x0
 from ..images import grid_scale, make_grid, save_png, scatter_image
@@ -209,6 +209,11 @@ class Trainer:
                 f"= {self.dist.world} x {t.grad_accum}"
             )
         self.data = data if data is not None else load_training_data(cfg)
+        if cfg.data.shift and self.data.kind == "image":
+            side = min(self.data.image_size)
+            if not 0 <= cfg.data.shift < side:
+                raise ValueError(f"data.shift={cfg.data.shift} must lie in 0..{side - 1} pixels "
+                                 f"for {side}-pixel images")
         if cfg.process.sigma_data is None:  # measured once, then saved with the run
             sd = float(self.data.x.float().std())
             cfg = replace(cfg, process=replace(cfg.process, sigma_data=round(sd, 4)))
@@ -375,12 +380,15 @@ class Trainer:
         for k, mi in enumerate(micro):
             x0 = self.x_all[mi.to(self.device)]
             cond = self.conditioner.items(mi.to(self.device))
-            if self.cfg.data.hflip and x0.ndim == 4:
-                if cond is not None and "image" in cond:  # flip the image and its low-resolution copy together
-                    both = random_hflip(torch.cat([x0, cond["image"]], dim=1), gen)
+            for on, augment in ((self.cfg.data.hflip, random_hflip),
+                                (self.cfg.data.shift, lambda z, g: random_shift(z, g, self.cfg.data.shift))):
+                if not on or x0.ndim != 4:
+                    continue
+                if cond is not None and "image" in cond:  # move the image and its low-resolution copy together
+                    both = augment(torch.cat([x0, cond["image"]], dim=1), gen)
                     x0, cond["image"] = both.split([x0.shape[1], cond["image"].shape[1]], dim=1)
                 else:
-                    x0 = random_hflip(x0, gen)
+                    x0 = augment(x0, gen)
             if self.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             o = self.cfg.objective
