@@ -173,12 +173,15 @@ def test_restore_and_level_estimation_with_the_exact_restorer():
 
 def test_generation_starts_and_sampler_process_mismatches():
     x = images(200, (3, 6, 6))
-    p = ColdProcess("blur", blur_sigma_max=20.0)
-    p = ColdProcess("blur", blur_sigma_max=20.0, start_stats=p.fit_start(x))
+    p = ColdProcess("blur", blur_sigma_max=20.0, blur_start="means")
+    p = ColdProcess("blur", blur_sigma_max=20.0, blur_start="means", start_stats=p.fit_start(x))
     start = p.start((500, 3, 6, 6), torch.Generator().manual_seed(0))
     means = start.mean((2, 3))  # the mixture fitted to the channel means reproduces their moments
     assert torch.allclose(means.mean(0), x.mean((2, 3)).mean(0), atol=0.02)
     assert torch.allclose(means.std(0), x.mean((2, 3)).std(0), rtol=0.15)
+    quiet = ColdProcess("blur", blur_sigma_max=20.0, blur_start="means", start_noise=0.0, start_stats=p.start_stats)
+    flat = quiet.start((4, 3, 6, 6), torch.Generator().manual_seed(0))  # no noise: one value per channel
+    assert torch.equal(flat, flat[:, :, :1, :1].expand_as(flat))
     assert torch.equal(ColdProcess("mask").start((2, 1, 4, 4)), torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError, match="no image-free start"):
         ColdProcess("pixelate").start((2, 1, 4, 4))
@@ -187,6 +190,49 @@ def test_generation_starts_and_sampler_process_mismatches():
         generate(den, (2, 3, 6, 6), process=p, sampler="dpmpp-2m")
     with pytest.raises(ValueError, match="needs a cold process"):
         generate(den, (2, 3, 6, 6), process=EDMProcess(), sampler="cold")
+
+
+def test_blurred_start_reproduces_the_fully_blurred_images():
+    # Two clusters of images with structure that survives the blur: a left-right ramp of
+    # weight +-1 (3 : 1) plus a top-bottom ramp and fine noise that the blur removes.
+    g = torch.Generator().manual_seed(0)
+    n, side = 2000, 8
+    ramp = torch.linspace(-1, 1, side, dtype=torch.float64)
+    a = torch.where(torch.rand(n, generator=g) < 0.75, 0.6, -0.6).double() + 0.05 * torch.randn(n, generator=g)
+    b = 0.3 * torch.randn(n, generator=g).double()
+    x = (a[:, None, None] * ramp[None, None, :] + b[:, None, None] * ramp[None, :, None])[:, None]
+    x = (x + 0.2 * torch.randn(n, 1, side, side, generator=g)).float()
+    p = ColdProcess("blur", blur_sigma_max=2.0)
+    p = ColdProcess("blur", blur_sigma_max=2.0, start_stats=p.fit_start(x))
+    fit = p.start_stats["blurred"]
+    assert 2 <= len(fit["basis"]) <= 16
+    xb = p.degrade(x.double(), 1.0).flatten(1)
+    start = p.start((3000, 1, side, side), torch.Generator().manual_seed(1)).double().flatten(1)
+    assert torch.allclose(start.mean(0), xb.mean(0), atol=0.02)
+    basis = torch.tensor(fit["basis"], dtype=torch.float64)[:2]  # the two ramps' directions
+    c_data, c_start = (xb - xb.mean(0)) @ basis.T, (start - xb.mean(0)) @ basis.T
+    assert torch.allclose(c_start.std(0), c_data.std(0), rtol=0.1)
+    # The mixture keeps the 3 : 1 split of the ramp's sign (one Gaussian could not).
+    lr = torch.tensor([1.0] * (side // 2) + [-1.0] * (side // 2), dtype=torch.float64).repeat(side)
+    frac_data, frac_start = float(((xb @ lr) < 0).double().mean()), float(((start @ lr) < 0).double().mean())
+    assert abs(frac_data - 0.75) < 0.03 and abs(frac_start - frac_data) < 0.04
+    assert float(((start @ lr).abs() < 0.5 * (xb @ lr).abs().median()).double().mean()) < 0.1  # bimodal, not spread
+    with pytest.raises(ValueError, match="process.blur_start=means"):
+        ColdProcess("blur", start_stats={"gmm": p.start_stats["gmm"], "residual_std": 0.1}).start((2, 1, side, side))
+    with pytest.raises(ValueError, match=r"fitted to images of shape \(1, 8, 8\)"):
+        p.start((2, 3, side, side))
+    # Large images are fitted on a pooled grid and interpolated back.
+    big = torch.nn.functional.interpolate(x[:300], size=(45, 45), mode="bilinear", align_corners=False)
+    q = ColdProcess("blur", blur_sigma_max=11.0)
+    q = ColdProcess("blur", blur_sigma_max=11.0, start_stats=q.fit_start(big, max_values=256))
+    assert q.start_stats["blurred"]["shape"] == [1, 15, 15]
+    start = q.start((600, 1, 45, 45), torch.Generator().manual_seed(2)).double()
+    xb = q.degrade(big.double(), 1.0)
+    assert start.shape == (600, 1, 45, 45)
+    assert (start.mean(0) - xb.mean(0)).abs().max() < 0.03
+    assert torch.allclose(start.std(0).mean(), xb.std(0).mean(), rtol=0.15)
+    with pytest.raises(ValueError, match="process.blur_start"):
+        ColdProcess("blur", blur_start="mixture")
 
 
 def test_gmm_fit_finds_separated_clusters():

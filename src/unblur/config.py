@@ -69,6 +69,7 @@ class ProcessConfig:
     noise_sigma_max: float = 1.0  # noise: standard deviation at t = 1 (sigma(t) = max * t)
     cold_seed: int = 0  # mask patches and snow: the fixed seed of the patch order and of the snow layer
     blend_data: str | None = None  # blend: the second data set (folder | FILE.npy | builtin:NAME)
+    blur_start: str = "blurred"  # blur generation's start: blurred (mixture fitted to D(x, 1)) | means (Bansal et al.)
     start_noise: float | None = None  # blur generation: noise std added to the start; None: fitted to the data
 
 

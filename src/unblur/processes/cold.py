@@ -41,6 +41,7 @@ from ..utils import append_dims, choice_error, rand, randn
 
 COLD_PROCESSES = ("blur", "pixelate", "mask", "desaturate", "snow", "blend", "noise")
 BLUR_SCHEDULES = ("linear", "sqrt", "quadratic")
+BLUR_STARTS = ("blurred", "means")
 MASK_KINDS = ("centre", "patches", "fade")
 
 
@@ -114,6 +115,10 @@ class ColdProcess:
         snow_density, snow_flake: the fraction of pixels seeding a flake at t = 1 and the
             flake's Gaussian radius in pixels.
         noise_sigma_max: noise standard deviation at t = 1 (sigma(t) = max * t).
+        blur_start, start_noise: blur generation's start (see ``start``): ``blurred`` (a
+            mixture fitted to the fully blurred images in their principal subspace) or
+            ``means`` (a mixture fitted to the per-channel means, as Bansal et al.), and the
+            std of the small symmetry-breaking noise (None: the fitted residual std).
         seed: the fixed seed of the patch order and of snow without a generator.
         others: blend only: (N2, C, H, W) images of the second data set.
     """
@@ -129,6 +134,8 @@ class ColdProcess:
     snow_density: float = 0.08
     snow_flake: float = 0.7
     noise_sigma_max: float = 1.0
+    blur_start: str = "blurred"
+    start_noise: float | None = None
     seed: int = 0
     others: Tensor | None = field(default=None, repr=False, compare=False)
     start_stats: dict | None = field(default=None, repr=False, compare=False)
@@ -138,6 +145,10 @@ class ColdProcess:
             raise choice_error("cold process", self.kind, COLD_PROCESSES)
         if self.kind == "blur" and self.blur_schedule not in BLUR_SCHEDULES:
             raise choice_error("process.blur_schedule", self.blur_schedule, BLUR_SCHEDULES)
+        if self.kind == "blur" and self.blur_start not in BLUR_STARTS:
+            raise choice_error("process.blur_start", self.blur_start, BLUR_STARTS)
+        if self.start_noise is not None and self.start_noise < 0:
+            raise ValueError(f"process.start_noise must be >= 0 (unset: the fitted scale), got {self.start_noise}")
         if self.kind == "mask" and self.mask_kind not in MASK_KINDS:
             raise choice_error("process.mask_kind", self.mask_kind, MASK_KINDS)
         if self.blur_sigma_max <= 0 or self.noise_sigma_max <= 0:
@@ -308,49 +319,85 @@ class ColdProcess:
         return x0.to(t.dtype) + append_dims(self.noise_sigma(t), x0.ndim) * layer.to(t.dtype)
 
     # -- the start of generation ------------------------------------------------------------
-    def fit_start(self, x: Tensor, *, components: int = 10, seed: int = 0) -> dict:
+    def fit_start(self, x: Tensor, *, components: int = 10, seed: int = 0, max_images: int = 4096,
+                  max_dims: int = 16, keep: float = 0.9999, max_values: int = 1024) -> dict:
         """Statistics for ``start`` measured on the training images x (N, C, H, W).
 
-        blur: a Gaussian mixture fitted (EM) to the per-channel means of the images, as
-        Bansal et al. do, and the standard deviation of the fully blurred images around
-        their means, the scale of the small noise that breaks the symmetry.
+        blur, both starts: ``gmm``, a Gaussian mixture fitted (EM) to the per-channel means of
+        the images, as Bansal et al. do, and ``residual_std``, the standard deviation of the
+        fully blurred images around their means (the scale of the symmetry-breaking noise);
+        ``blurred``: the mean and principal directions of the fully blurred images D(x, 1)
+        (as many as hold ``keep`` of their variance, at most ``max_dims``; average-pooled to at
+        most ``max_values`` values), a mixture fitted to their coordinates there, and the std
+        of what those directions leave out.
         """
         if self.kind != "blur":
             return {}
         means = x.double().mean((2, 3))  # (N, C)
         gmm = fit_gmm(means, min(components, len(x)), seed=seed)
-        xb = self.degrade(x[:512].double(), 1.0)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_images]
+        xb = self.degrade(x[idx].double(), 1.0)
         resid = float((xb - xb.mean((2, 3), keepdim=True)).std())
-        return {"gmm": gmm, "residual_std": resid}
+        # Fitted on a grid of at most max_values values (the blurred images are smooth); start
+        # draws on it and interpolates back, so that the saved fit stays small for large images.
+        pool = max(1, math.ceil(math.sqrt(xb[0].numel() / max_values)))
+        small = F.avg_pool2d(xb, pool, ceil_mode=True) if pool > 1 else xb
+        flat = small.flatten(1)  # (n, D)
+        mu = flat.mean(0)
+        _, S, Vh = torch.linalg.svd(flat - mu, full_matrices=False)
+        frac = (S**2).cumsum(0) / (S**2).sum().clamp(min=1e-30)
+        k = max(1, int(min(max_dims, len(flat) - 1, int((frac < keep).sum()) + 1)))
+        coords = (flat - mu) @ Vh[:k].T  # (n, k)
+        rest = flat - mu - coords @ Vh[:k]
+        return {"gmm": gmm, "residual_std": resid,
+                "blurred": {"image_shape": list(xb.shape[1:]), "shape": list(small.shape[1:]),
+                            "mean": mu.tolist(), "basis": Vh[:k].tolist(),
+                            "gmm": fit_gmm(coords, min(components, len(flat)), seed=seed),
+                            "residual_std": float(rest.std())}}
 
     def start(self, shape: tuple[int, ...], generator: Generator = None, *, device=None,
               dtype=torch.float32, start_noise: float | None = None) -> Tensor:
         """A fully degraded x_1 to generate from.
 
-        blur: a constant image per channel drawn from the fitted mixture plus blurred Gaussian
-        noise of std ``start_noise`` (default: the fitted residual std); mask: the fully masked
-        image; blend: a random image of the second set; noise: N(0, sigma_max^2); pixelate,
-        desaturate and snow need a clean image to start from and raise.
+        blur (``blur_start``): ``blurred`` draws a fully blurred image from the mixture fitted to
+        the training images' D(x, 1) in their principal subspace; ``means`` draws a constant
+        image per channel from the mixture fitted to the channel means (Bansal et al.). Both
+        add blurred Gaussian noise of std ``start_noise`` (argument, else ``self.start_noise``,
+        else the fitted residual std) that breaks the symmetry between equal starts. mask: the
+        fully masked image; blend: a random image of the second set; noise:
+        N(0, sigma_max^2); pixelate, desaturate and snow need a clean image to start from and
+        raise.
         """
         B, C, H, W = shape
         if self.kind == "blur":
             if not self.start_stats:
                 raise ValueError("generation by blur needs the start statistics fitted on the training data; "
                                  "this run has none (train it again with this version)")
-            gmm = self.start_stats["gmm"]
-            u = rand((B,), generator=generator, device="cpu", dtype=torch.float64)
-            w = torch.tensor(gmm["weights"], dtype=torch.float64).cumsum(0)
-            k = torch.searchsorted(w / w[-1], u).clamp(max=len(w) - 1)  # (B,)
-            mu = torch.tensor(gmm["means"], dtype=torch.float64)[k]  # (B, C)
-            L = torch.linalg.cholesky(torch.tensor(gmm["covs"], dtype=torch.float64))[k]  # (B, C, C)
-            z = randn((B, C), generator=generator, device="cpu", dtype=torch.float64)
-            m = mu + (L @ z[..., None])[..., 0]  # (B, C)
+            if self.blur_start == "blurred" and "blurred" not in self.start_stats:
+                raise ValueError("this run's start statistics predate process.blur_start=blurred: sample it with "
+                                 "--set process.blur_start=means, or train it again")
+            if self.blur_start == "blurred":
+                fit = self.start_stats["blurred"]
+                mean = torch.tensor(fit["mean"], dtype=torch.float64)
+                c, h, w = fit["shape"]
+                if list(fit["image_shape"]) != [C, H, W]:
+                    raise ValueError(f"the start was fitted to images of shape {tuple(fit['image_shape'])}, "
+                                     f"asked for shape {tuple(shape)}")
+                coords = sample_gmm(fit["gmm"], B, generator)  # (B, k)
+                m = (mean + coords @ torch.tensor(fit["basis"], dtype=torch.float64)).reshape(B, c, h, w)
+                if (h, w) != (H, W):
+                    m = F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)
+                default_scale = fit["residual_std"]
+            else:
+                m = sample_gmm(self.start_stats["gmm"], B, generator)[:, :, None, None]  # (B, C, 1, 1)
+                default_scale = self.start_stats["residual_std"]
             # The symmetry-breaking noise, blurred like x_1 so that it lies in the degradation's range
             # (white noise would survive the improved sampler's walk into the sample).
-            scale = self.start_stats["residual_std"] if start_noise is None else start_noise
+            scale = start_noise if start_noise is not None else self.start_noise
+            scale = default_scale if scale is None else scale
             n = self.degrade(randn(shape, generator=generator, device="cpu", dtype=torch.float64), 1.0)
             n = n / n.flatten(1).std(1).clamp(min=1e-12)[:, None, None, None]
-            return (m[:, :, None, None] + scale * n).to(device=device, dtype=dtype)
+            return (m + scale * n).to(device=device, dtype=dtype)
         if self.kind == "mask":
             x = torch.zeros(shape, device=device, dtype=dtype)
             return self.degrade(x, 1.0)
@@ -360,6 +407,17 @@ class ColdProcess:
             return self.draw_layer(torch.zeros(shape, device=device, dtype=dtype), generator)
         raise ValueError(f"the {self.kind} degradation does not destroy the image at t = 1, so there is no "
                          "image-free start to generate from: use `unblur restore` on degraded images instead")
+
+
+def sample_gmm(gmm: dict, n: int, generator: Generator = None) -> Tensor:
+    """n draws (n, D) from a mixture as ``fit_gmm`` returns it (float64, on the CPU)."""
+    u = rand((n,), generator=generator, device="cpu", dtype=torch.float64)
+    w = torch.tensor(gmm["weights"], dtype=torch.float64).cumsum(0)
+    k = torch.searchsorted(w / w[-1], u).clamp(max=len(w) - 1)  # (n,)
+    mu = torch.tensor(gmm["means"], dtype=torch.float64)[k]  # (n, D)
+    L = torch.linalg.cholesky(torch.tensor(gmm["covs"], dtype=torch.float64))[k]  # (n, D, D)
+    z = randn(mu.shape, generator=generator, device="cpu", dtype=torch.float64)
+    return mu + (L @ z[..., None])[..., 0]
 
 
 def fit_gmm(x: Tensor, k: int, *, seed: int = 0, iters: int = 100) -> dict:
@@ -372,7 +430,7 @@ def fit_gmm(x: Tensor, k: int, *, seed: int = 0, iters: int = 100) -> dict:
     N, D = x.shape
     g = torch.Generator().manual_seed(seed)
     mu = x[torch.randperm(N, generator=g)[:k]].clone()  # (k, D)
-    var = x.var(0).clamp(min=1e-6)
+    var = x.var(0, correction=0).clamp(min=1e-6)
     cov = torch.diag_embed(var).expand(k, D, D).clone()
     w = torch.full((k,), 1.0 / k, dtype=torch.float64)
     reg = 1e-6 * torch.eye(D, dtype=torch.float64)
@@ -414,6 +472,7 @@ def build_cold_process(p, *, shape: tuple[int, ...] | None = None, start_stats: 
         kind=p.kind, blur_sigma_max=p.blur_sigma_max, blur_schedule=p.blur_schedule, pixelate_min=p.pixelate_min,
         mask_kind=p.mask_kind, mask_fill=p.mask_fill, mask_patch=p.mask_patch, fade_width=p.fade_width,
         snow_density=p.snow_density, snow_flake=p.snow_flake, noise_sigma_max=p.noise_sigma_max, seed=p.cold_seed,
+        blur_start=p.blur_start, start_noise=p.start_noise,
         others=others, start_stats=start_stats,
     )
 
