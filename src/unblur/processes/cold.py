@@ -373,10 +373,10 @@ class ColdProcess:
             if not self.start_stats:
                 raise ValueError("generation by blur needs the start statistics fitted on the training data; "
                                  "this run has none (train it again with this version)")
-            if self.blur_start == "blurred" and "blurred" not in self.start_stats:
-                raise ValueError("this run's start statistics predate process.blur_start=blurred: sample it with "
-                                 "--set process.blur_start=means, or train it again")
             if self.blur_start == "blurred":
+                if "blurred" not in self.start_stats:
+                    raise ValueError("this run's start statistics predate process.blur_start=blurred: sample it "
+                                     "with --set process.blur_start=means, or train it again")
                 fit = self.start_stats["blurred"]
                 mean = torch.tensor(fit["mean"], dtype=torch.float64)
                 c, h, w = fit["shape"]
