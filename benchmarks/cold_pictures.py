@@ -60,11 +60,10 @@ def process_for(kind: str, others=None, **over):
 
 def reverse_rows(run: Path, held: torch.Tensor, level: float, steps: int):
     """[(label, [images...])]: the cold sampler's walk from D(x, level) and, if possible, from the start."""
-    from unblur.cli import load_run
-    from unblur.guidance import clip_x0
+    from unblur.runs import Run
 
-    cfg, info, net, proc, den, dev = load_run(run, "cpu")
-    den = clip_x0(den)
+    r = Run.load(run, device="cpu")
+    proc, den = r.process, r.sampling_denoiser()
     rows = []
     x0 = held[:3]
     xt = proc.degrade(x0, level, seeded_generators(range(3)))
@@ -73,9 +72,9 @@ def reverse_rows(run: Path, held: torch.Tensor, level: float, steps: int):
     picks = [xt] + [states[k].x for k in np.linspace(0, len(states) - 1, 5).round().astype(int)[1:]]
     for b in range(3):
         rows.append((f"restore (cold) from t={level:g}", [p[b] for p in picks] + [x0[b]]))
-    if proc.kind in ("blur", "mask", "blend", "noise"):
+    if proc.can_generate:
         n = 1 if proc.kind == "mask" else 3  # the fully masked start is one image
-        x1 = proc.start((n, *info["shape"]), seeded_generators(range(100, 100 + n)))
+        x1 = proc.start((n, *r.data.shape), seeded_generators(range(100, 100 + n)))
         states = []
         COLD_SAMPLER_FNS["cold"](den, x1, level_grid(1.0, steps), process=proc, callback=states.append)
         picks = [x1] + [states[k].x for k in np.linspace(0, len(states) - 1, 5).round().astype(int)[1:]]

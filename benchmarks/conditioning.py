@@ -37,9 +37,6 @@ import torch
 from unblur.conditioning import make_lowres, null_cond
 from unblur.config import Config, apply_overrides, parse_set
 from unblur.data import load_data, split
-from unblur.guidance import cfg as guide
-from unblur.guidance import clip_x0
-from unblur.sampling import generate
 from unblur.training.trainer import Trainer
 from unblur.utils import seeded_generators
 
@@ -57,18 +54,15 @@ def train(cfg: Config, out: Path, data=None) -> tuple[Trainer, float]:
 def sample(tr: Trainer, cond, n: int, guidance: float, *, sampler: str = "dpmpp-2m", steps: int = 20, seed: int = 0,
            batch: int = 250):
     """Samples (n, C, H, W) in [-1, 1] of the run's EMA network for a context, at a guidance scale."""
-    from unblur.models import build_denoiser
-
-    raw = build_denoiser(tr.cfg, tr.ema, tr.process)
+    run = tr.ema_run()
+    plan = run.plan(sampler, steps)
     out = []
     for s in range(0, n, batch):
         c = {k: v[s : s + batch] for k, v in cond.items()}
         b = len(next(iter(c.values())))
-        den = raw if guidance == 1.0 else guide(raw, guidance, null_cond(c, tr.conditioner.num_classes))
         gens = seeded_generators(range(seed + s, seed + s + b))
-        with torch.no_grad():
-            out.append(generate(clip_x0(den), (b, *tr.data_info["shape"]), process=tr.process, sampler=sampler,
-                                steps=steps, cond=c, generator=gens))
+        out.append(run.generate(b, plan=plan, cond=c, uncond=null_cond(c, tr.conditioner.num_classes),
+                                guidance=guidance, generator=gens).cpu())
     return torch.cat(out)
 
 

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from unblur.eval.restoration import psnr, ssim
-from unblur.processes.cold import COLD_PROCESSES, ColdProcess, blur_matrix, fit_gmm
+from unblur.analytic import fit_gmm
+from unblur.processes.cold import COLD_PROCESSES, ColdProcess
+from unblur.processes.degradations.blur import blur_matrix
 from unblur.processes.gaussian import EDMProcess
 from unblur.sampling import generate
 from unblur.sampling.cold import estimate_level, restore, sample_cold, sample_cold_naive
@@ -186,9 +188,9 @@ def test_generation_starts_and_sampler_process_mismatches():
     with pytest.raises(ValueError, match="no image-free start"):
         ColdProcess("pixelate").start((2, 1, 4, 4))
     den = exact(x[:2])
-    with pytest.raises(ValueError, match="unknown sampler for a cold process"):
+    with pytest.raises(ValueError, match="dpmpp-2m sampler does not apply to the blur process; use one of: cold"):
         generate(den, (2, 3, 6, 6), process=p, sampler="dpmpp-2m")
-    with pytest.raises(ValueError, match="needs a cold process"):
+    with pytest.raises(ValueError, match="cold sampler does not apply to the edm process"):
         generate(den, (2, 3, 6, 6), process=EDMProcess(), sampler="cold")
 
 

@@ -1,5 +1,6 @@
 """Conditioning: guidance algebra on a real network, condition dropout, the caption cache, prompt
-and class validation, the learned encoder, and the command line end to end."""
+and class validation, the learned encoder, the contract every registered kind keeps, and the command
+line end to end."""
 
 import dataclasses
 import json
@@ -9,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from unblur.conditioning import SampleContext, class_index, drop_cond, make_lowres, null_cond
+from unblur.conditioning import (
+    KINDS,
+    Conditioner,
+    SampleContext,
+    class_index,
+    condition_net,
+    drop_cond,
+    make_lowres,
+    null_cond,
+)
 from unblur.config import Config, apply_overrides
 from unblur.guidance import cfg as guide
 from unblur.nets import UNet, UNetConfig
@@ -279,3 +289,158 @@ def test_any_local_hugging_face_encoder_folder(tmp_path):
     assert enc.identity != get_text_encoder(str(tmp_path), max_tokens=5).identity
     with pytest.raises(ValueError, match="never downloads"):
         text_feature_dim("no-such-owner/no-such-encoder")
+
+
+# -- the contract of every registered kind ------------------------------------------------------
+
+
+def write_png(path, size=4):
+    from PIL import Image
+
+    Image.fromarray((np.arange(size * size).reshape(size, size) * 16 % 256).astype(np.uint8)).save(path)
+    return str(path)
+
+
+@dataclasses.dataclass
+class KindExample:
+    config: dict  # overrides that turn the kind on
+    request: object  # tmp_path -> SampleContext options asking for it
+    bad: object  # tmp_path -> options with one bad value
+    error: str  # what the error for ``bad`` says
+
+
+EXAMPLES = {
+    "class": KindExample({"cond.classes": True}, lambda tmp: {"classes": ["b", 0]},
+                         lambda tmp: {"classes": ["nope"]}, "unknown class 'nope'; accepted: the names a, b, c"),
+    "text": KindExample({"cond.text_encoder": "learned", "cond.learned_dim": 16, "cond.learned_layers": 1,
+                         "cond.max_tokens": 8},
+                        lambda tmp: {"prompts": ["a red circle", "a blue square"], "negative": "green"},
+                        lambda tmp: {"prompts": ["a red circle", " "]}, "prompt 1 is empty"),
+    "image": KindExample({"cond.image": "superres", "cond.superres_factor": 2},
+                         lambda tmp: {"image": write_png(tmp / "low.png")},
+                         lambda tmp: {"image": str(tmp / "missing.png")}, "--image '.*missing.png' does not exist"),
+}
+
+
+def example(name):
+    if name not in EXAMPLES:
+        pytest.fail(f"conditioning kind {name!r} has no example: add its config overrides and requests to EXAMPLES")
+    return EXAMPLES[name]
+
+
+def tiny_data():
+    from unblur.data import Data
+
+    return Data(x=torch.rand(6, 1, 8, 8) * 2 - 1, kind="image", source="test:tiny",
+                labels=torch.tensor([0, 1, 2, 0, 1, 2]), class_names=["a", "b", "c"],
+                captions=["a red circle", "a blue square", "a green cross", "red", "blue", "a small circle"])
+
+
+def kind_setup(name, tmp_path, B=4):
+    """(config, data description, the Conditioner, a real context of B items) with only kind ``name`` on."""
+    cfg = apply_overrides(Config(), example(name).config)
+    cond_er = Conditioner(cfg, tiny_data(), tmp_path, torch.device("cpu"), progress=False)
+    info = {"kind": "image", "source": "test:tiny", "shape": [1, 8, 8], "class_names": ["a", "b", "c"],
+            **cond_er.info}
+    return cfg, info, cond_er, cond_er.items(torch.arange(B) % 6)
+
+
+def assert_like(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+
+
+KIND_NAMES = list(KINDS)
+
+
+def test_the_registry_holds_class_text_and_image_with_disjoint_keys():
+    assert KIND_NAMES[:3] == ["class", "text", "image"]
+    keys = [k for kind in KINDS.values() for k in kind.keys]
+    assert len(keys) == len(set(keys))
+    with pytest.raises(ValueError, match="unknown conditioning key 'colour'.*registered keys: class"):
+        null_cond({"colour": torch.zeros(2)}, 3)
+
+
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_kind_null_has_the_keys_shapes_and_dtypes_of_a_real_context(name, tmp_path):
+    _, _, cond_er, cond = kind_setup(name, tmp_path)
+    assert cond and set(cond) <= set(KINDS[name].keys)
+    null = cond_er.null(cond)
+    assert_like(null, cond)
+    assert not any(torch.equal(null[k], cond[k]) for k in cond)  # a real context is not its null
+
+
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_kind_dropout_keeps_nothing_at_0_everything_at_1_and_drops_its_keys_together(name, tmp_path):
+    _, _, cond_er, cond = kind_setup(name, tmp_path, B=200)
+    nc = cond_er.num_classes
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert drop_cond(cond, 0.0, g, nc) is cond and torch.equal(g.get_state(), state)  # nothing drawn
+    all_null, null = drop_cond(cond, 1.0, g, nc), null_cond(cond, nc)
+    assert all(torch.equal(all_null[k], null[k]) for k in cond)
+    half = drop_cond(cond, 0.5, g, nc)
+    dropped = [(half[k] == null[k]).flatten(1).all(1) if half[k].ndim > 1 else half[k] == null[k] for k in cond]
+    for d in dropped[1:]:
+        assert torch.equal(d, dropped[0])  # one draw per sample for the whole group
+    assert 0.3 < dropped[0].float().mean() < 0.7
+
+
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_kind_network_hook_gives_a_unet_that_runs_on_its_contexts(name, tmp_path):
+    cfg, info, cond_er, cond = kind_setup(name, tmp_path)
+    ucfg = UNetConfig(in_channels=1, out_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(), head_channels=16, norm_groups=8)
+    net = condition_net(cfg, info, ucfg).eval()
+    ctx = SampleContext(cfg, info, net, torch.device("cpu"), **example(name).request(tmp_path))
+    sample_cond, sample_uncond = ctx.cond(ctx.requests(2))
+    x, c = torch.randn(4, 1, 8, 8), torch.rand(4)
+    with torch.no_grad():
+        for context in (cond, cond_er.null(cond), sample_cond, sample_uncond):
+            B = next(iter(context.values())).shape[0]
+            out = net(x[:B], c[:B], context)
+            assert out.shape == x[:B].shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_kind_requests_reject_a_bad_value_in_one_line_and_runs_without_it_refuse(name, tmp_path):
+    cfg, info, _, _ = kind_setup(name, tmp_path)
+    ex = example(name)
+    with pytest.raises(ValueError, match=ex.error) as e:
+        SampleContext(cfg, info, None, torch.device("cpu"), **ex.bad(tmp_path))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=f"drop {KINDS[name].flag}"):
+        SampleContext(Config(), info, None, torch.device("cpu"), **ex.request(tmp_path))
+
+
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_kind_sample_contexts_pair_up_and_records_round_trip_through_json(name, tmp_path):
+    cfg, info, _, _ = kind_setup(name, tmp_path)
+    ctx = SampleContext(cfg, info, None, torch.device("cpu"), **example(name).request(tmp_path))
+    reqs = ctx.requests(2)
+    assert len(reqs) % 2 == 0 and all(json.loads(json.dumps(r)) == r for r in reqs)
+    cond, uncond = ctx.cond(reqs)
+    assert_like(uncond, cond)
+    for r in reqs:
+        rec = ctx.record(r)
+        assert len(rec) > 1 and json.loads(json.dumps(rec)) == rec
+
+
+def test_sample_context_combines_classes_and_prompts_and_the_negative_prompt(tmp_path):
+    cfg = apply_overrides(Config(), {**EXAMPLES["class"].config, **EXAMPLES["text"].config})
+    info = {"class_names": ["a", "b", "c"], "shape": [1, 8, 8], "text_dim": 16}
+    ctx = SampleContext(cfg, info, None, torch.device("cpu"), classes=["c", "a"], prompts=["red", "blue"],
+                        negative="green")
+    reqs = ctx.requests(1)
+    assert [(r["class"], r["prompt"]) for r in reqs] == [(2, "red"), (2, "blue"), (0, "red"), (0, "blue")]
+    cond, uncond = ctx.cond(reqs)
+    assert uncond["class"].tolist() == [3] * 4 and uncond["text_mask"].any(1).all()  # the negative prompt
+    green = HashTokenizer(max_tokens=8)(["green"])[0]
+    assert torch.equal(uncond["text_ids"], green.expand(4, -1))
+    assert ctx.record(reqs[1]) == {"guidance": 3.0, "class": 2, "class_name": "c", "prompt": "blue",
+                                   "negative_prompt": "green"}
+    plain = SampleContext(Config(), {"shape": [1, 8, 8]}, None, torch.device("cpu"))
+    assert plain.requests(2) == [{"class": None, "prompt": None}] * 2 and plain.cond(plain.requests(2)) == (None, None)
+    with pytest.raises(ValueError, match="--guidance needs a context"):
+        SampleContext(Config(), {"shape": [1, 8, 8]}, None, torch.device("cpu"), guidance=2.0)

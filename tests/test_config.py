@@ -48,7 +48,7 @@ def test_toml_file(tmp_path):
 
 
 def test_sampling_grid_follows_the_process():
-    from unblur.models import sampling_grid
+    from unblur.runs import sampling_grid
 
     vp = apply_overrides(Config(), {"process.kind": "vp"})
     assert sampling_grid(vp) == "trailing" and sampling_grid(Config()) == "karras"

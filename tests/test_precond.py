@@ -31,7 +31,7 @@ def test_vp_precond_recovers_x0_from_its_target(prediction):
     i = torch.tensor([0, 3, 100, 700, 999])
     sigma = p.sigma_at(i.double())
     x = x0 + sigma[:, None, None, None] * noise
-    net.out = D.target(x0, noise, sigma)
+    net.out = D.target(x0, x, sigma)
     assert torch.allclose(D(x, sigma), x0, atol=1e-9)
     # The network saw the VP-scale input x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps ...
     ab = p.alphas_cumprod[i][:, None, None, None]
@@ -60,8 +60,9 @@ def test_edm_precond_table():
     D = EDMPrecond(net, sd)
     x0 = torch.randn(3, 2, dtype=torch.float64)
     noise = torch.randn_like(x0)
-    net.out = D.target(x0, noise, sigma)
-    assert torch.allclose(D(x0 + sigma[:, None] * noise, sigma), x0)
+    x = x0 + sigma[:, None] * noise
+    net.out = D.target(x0, x, sigma)
+    assert torch.allclose(D(x, sigma), x0)
     assert torch.allclose(net.seen[1], sigma.log() / 4)
 
 

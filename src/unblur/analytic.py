@@ -139,3 +139,43 @@ def example_mixture() -> GaussianMixture:
         dtype=torch.float64,
     )
     return GaussianMixture(weights, means, covs)
+
+
+# -- fitting a mixture to data (the blur process's start of generation) ----------------------
+def fit_gmm(x: Tensor, k: int, *, seed: int = 0, iters: int = 100) -> dict:
+    """A k-component full-covariance Gaussian mixture fitted to x (N, D) by EM (float64).
+
+    Returns plain lists (weights (k,), means (k, D), covs (k, D, D)) so that it can be saved
+    as JSON with a run; ``GaussianMixture(**fit)`` turns it into a mixture object.
+    """
+    x = x.double()
+    N, D = x.shape
+    g = torch.Generator().manual_seed(seed)
+    mu = x[torch.randperm(N, generator=g)[:k]].clone()  # (k, D)
+    var = x.var(0, correction=0).clamp(min=1e-6)
+    cov = torch.diag_embed(var).expand(k, D, D).clone()
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    reg = 1e-6 * torch.eye(D, dtype=torch.float64)
+    for _ in range(iters):
+        # E-step: responsibilities r_nk = w_k N(x_n; mu_k, C_k) / sum_j w_j N(x_n; mu_j, C_j).
+        dist = torch.distributions.MultivariateNormal(mu, covariance_matrix=cov + reg)
+        logp = dist.log_prob(x[:, None, :]) + w.log()  # (N, k)
+        r = (logp - logp.logsumexp(1, keepdim=True)).exp()  # (N, k)
+        # M-step: weights, means and covariances from the responsibilities.
+        nk = r.sum(0) + 1e-10
+        w = nk / N
+        mu = (r.T @ x) / nk[:, None]
+        d = x[:, None, :] - mu[None]  # (N, k, D)
+        cov = torch.einsum("nk,nki,nkj->kij", r, d, d) / nk[:, None, None] + reg
+    return {"weights": w.tolist(), "means": mu.tolist(), "covs": cov.tolist()}
+
+
+def sample_gmm(gmm: dict, n: int, generator: Generator = None) -> Tensor:
+    """n draws (n, D) from a mixture as ``fit_gmm`` returns it (float64, on the CPU)."""
+    u = rand((n,), generator=generator, device="cpu", dtype=torch.float64)
+    w = torch.tensor(gmm["weights"], dtype=torch.float64).cumsum(0)
+    k = torch.searchsorted(w / w[-1], u).clamp(max=len(w) - 1)  # (n,)
+    mu = torch.tensor(gmm["means"], dtype=torch.float64)[k]  # (n, D)
+    L = torch.linalg.cholesky(torch.tensor(gmm["covs"], dtype=torch.float64))[k]  # (n, D, D)
+    z = randn(mu.shape, generator=generator, device="cpu", dtype=torch.float64)
+    return mu + (L @ z[..., None])[..., 0]

@@ -14,7 +14,11 @@ eps (VP)    1                     -sigma                     1/sqrt(1 + sigma^2)
 x0  (VP)    0                     1                          1/sqrt(1 + sigma^2)    timestep(sigma)
 v   (VP)    1/(1 + sigma^2)       -sigma/sqrt(1 + sigma^2)   1/sqrt(1 + sigma^2)    timestep(sigma)
 EDM         sd^2/(sigma^2 + sd^2) sigma sd/sqrt(sigma^2+sd^2) 1/sqrt(sigma^2 + sd^2) log(sigma)/4
+residual    1                     1                          1                      1000 t (cold level)
 ==========  ====================  =========================  =====================  ======================
+
+``residual`` is the cold restorer R(x_t, t) = x_t + F(x_t, 1000 t) of every cold degradation but
+``noise``, which uses the EDM row at sigma(t) (``ColdPrecond``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .processes.cold import ColdProcess
 from .processes.gaussian import DiscreteVP, GaussianProcess
 from .types import Cond, Denoiser
 from .utils import append_dims, choice_error, expand_sigma
@@ -64,7 +69,10 @@ def coefficients(prediction: str, sigma: Tensor, sigma_data: float = 1.0) -> tup
         sd2 = sigma_data**2
         c_in = (sigma**2 + sd2).rsqrt()
         return sd2 / (sigma**2 + sd2), sigma * sigma_data * c_in, c_in
-    raise choice_error("prediction type", prediction, (*PREDICTIONS, "edm"))
+    if prediction == "residual":
+        one = torch.ones_like(sigma)
+        return one, one, one
+    raise choice_error("prediction type", prediction, (*PREDICTIONS, "edm", "residual"))
 
 
 class Precond(nn.Module):
@@ -99,16 +107,14 @@ class Precond(nn.Module):
         sigma = expand_sigma(sigma, x.shape[0], x)
         return self.combine(x, sigma, self.raw(x, sigma, cond))
 
-    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
-        """What ``raw`` should output for x = x0 + sigma * noise (so that D returns x0)."""
-        if self.prediction == "eps":
-            return noise
+    def target(self, x0: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """What ``raw`` should output at x = x0 + sigma * noise (so that D returns x0)."""
         if self.prediction == "x0":
             return x0
-        if self.prediction == "v":
-            return v_target(x0, noise, sigma)
+        if self.prediction in ("eps", "v"):
+            noise = x0_to_eps(x, x0, sigma)
+            return noise if self.prediction == "eps" else v_target(x0, noise, sigma)
         # EDM: F's target is (x0 - c_skip x) / c_out (Karras et al. eq. 8).
-        x = x0 + append_dims(sigma, x0.ndim) * noise
         c_skip, c_out, _ = coefficients("edm", sigma, self.sigma_data)
         return (x0 - append_dims(c_skip, x.ndim) * x) / append_dims(c_out, x.ndim)
 
@@ -165,3 +171,37 @@ def score_fn(denoiser: Denoiser):
         return x0_to_score(x, denoiser(x, sigma, cond), sigma)
 
     return score
+
+
+class ColdPrecond(nn.Module):
+    """A cold restorer R(x_t, t) -> x0_hat as a Denoiser ``D(x, t, cond)`` (the level t in place of sigma).
+
+    ``D = c_skip x + c_out F(c_in x, c_noise = 1000 t)`` with the coefficients of the row
+    ``process.prediction`` of ``coefficients`` at ``process.precond_sigma(t)``: ``residual``
+    (c_skip = c_out = c_in = 1, whose zero-initialized output layer starts as the identity)
+    for every degradation but ``noise``, which uses EDM's row at sigma(t) with sigma_data =
+    0.5 (Karras et al. 2022, Table 1). Trained by || D(x_t, t) - x0 || (Bansal et al. 2022,
+    eq. 1): ``raw`` is D itself and ``target`` is x0.
+    """
+
+    sigma_data: float = 0.5
+
+    def __init__(self, net: nn.Module, process: ColdProcess):
+        super().__init__()
+        self.net = net
+        self.process = process
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        t = expand_sigma(t, x.shape[0], x)  # (B,) in x's dtype
+        coef = coefficients(self.process.prediction, self.process.precond_sigma(t), self.sigma_data)
+        c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in coef)
+        out = self.net(c_in * x, 1000.0 * t, cond)
+        return c_skip * x + c_out * out.to(x.dtype)
+
+    def raw(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        """What the loss compares with ``target``: the restored image D(x_t, t)."""
+        return self(x, t, cond)
+
+    def target(self, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """x0: the restorer is trained to return the clean image (L1 or L2, ``objective.restore_loss``)."""
+        return x0

@@ -20,9 +20,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .images import grid_scale, make_grid, save_png
+from .images import grid_scale, make_grid
 from .types import StepInfo
-from .utils import append_dims, atomic_write_bytes, choice_error, randn
+from .utils import atomic_write_bytes, choice_error
 
 Degrade = Callable[[Tensor, Tensor], Tensor]
 """``degrade(x0, t) -> x_t``: x0 (B, ...) in [-1, 1], t (B,) in [0, 1], degrade(x0, 0) == x0."""
@@ -35,49 +35,29 @@ def register_degradation(name: str, factory: Callable[[torch.device], Degrade]) 
     DEGRADATIONS[name] = factory
 
 
-def gaussian_degrade(process, *, seed: int = 0) -> Degrade:
-    """x_t = alpha(t) x0 + std(t) n in the variance-preserving picture, n fixed by ``seed``.
-
-    VE/EDM processes are shown scaled by 1 / sqrt(1 + sigma^2), so every level fits [-1, 1]
-    the way a VP model sees it; t runs over the process's own sigma range, with t = 0 exact.
-    """
+def process_degrade(process, *, seed: int = 0) -> Degrade:
+    """A process's forward picture ``process.picture(x0, t)`` as a Degrade, its randomness fixed
+    by ``seed`` (the same noise, snow or partner image at every t)."""
 
     def degrade(x0: Tensor, t: Tensor) -> Tensor:
-        g = torch.Generator().manual_seed(seed)
-        n = randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)  # one noise per row, the same at every t
-        sigma = process.sigma(t.to(torch.float64).clamp(0, 1)).to(x0.dtype)
-        sigma = torch.where(t > 0, sigma, torch.zeros_like(sigma)).to(x0.device)
-        s = append_dims(sigma, x0.ndim)
-        return (x0 + s * n) / (1 + s**2).sqrt()
+        return process.picture(x0, t, torch.Generator(x0.device).manual_seed(seed))
 
     return degrade
 
 
-def _register_gaussian() -> None:
+def _register_processes() -> None:
+    from .processes.cold import COLD_PROCESSES, ColdProcess
     from .processes.gaussian import DiscreteVP, EDMProcess
 
-    register_degradation("vp", lambda device: gaussian_degrade(DiscreteVP("linear", 1000)))
-    register_degradation("vp-cosine", lambda device: gaussian_degrade(DiscreteVP("cosine", 1000)))
-    register_degradation("edm", lambda device: gaussian_degrade(EDMProcess()))
-
-
-def _register_cold() -> None:
-    from .processes.cold import COLD_PROCESSES, ColdProcess
-
-    def factory(kind: str) -> Callable[[torch.device], Degrade]:
-        def make(device: torch.device) -> Degrade:
-            process = ColdProcess(kind=kind)
-            return lambda x0, t: process.degrade(x0, t, generator=torch.Generator(x0.device).manual_seed(0))
-
-        return make
-
+    register_degradation("vp", lambda device: process_degrade(DiscreteVP("linear", 1000)))
+    register_degradation("vp-cosine", lambda device: process_degrade(DiscreteVP("cosine", 1000)))
+    register_degradation("edm", lambda device: process_degrade(EDMProcess()))
     for kind in COLD_PROCESSES:
         if kind != "blend":  # blend needs a second data set: show it from a trained run instead
-            register_degradation(kind, factory(kind))
+            register_degradation(kind, lambda device, kind=kind: process_degrade(ColdProcess(kind=kind)))
 
 
-_register_gaussian()
-_register_cold()
+_register_processes()
 
 
 def get_degrade(name: str, device: torch.device | str = "cpu") -> Degrade:
@@ -125,10 +105,8 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, *, ms: int = 120, 
 
 
 @torch.no_grad()
-def record_trajectory(denoiser, process, shape, *, n: int, sampler: str, steps: int, grid: str, seed: int,
-                      device: torch.device) -> tuple[list[StepInfo], Tensor]:
-    """Run a sampler and keep every StepInfo (x, x0_hat, sigma) on the CPU."""
-    from .sampling import generate
+def record_trajectory(run, plan, *, n: int, seed: int) -> tuple[list[StepInfo], Tensor]:
+    """Sample ``n`` items from a ``Run`` with ``plan`` and keep every StepInfo (x, x0_hat, sigma) on the CPU."""
     from .utils import seeded_generators
 
     infos: list[StepInfo] = []
@@ -137,9 +115,8 @@ def record_trajectory(denoiser, process, shape, *, n: int, sampler: str, steps: 
         infos.append(StepInfo(info.step, info.total, info.x.float().cpu(), info.sigma.cpu(), info.sigma_next.cpu(),
                               info.x0_hat.float().cpu()))
 
-    gens = seeded_generators(range(seed, seed + n), device=device)
-    x = generate(denoiser, (n, *shape), process=process, sampler=sampler, steps=steps, grid=grid, generator=gens,
-                 device=device, callback=keep)
+    gens = seeded_generators(range(seed, seed + n), device=run.device)
+    x = run.generate(n, plan=plan, generator=gens, callback=keep)
     return infos, x.float().cpu()
 
 
@@ -317,130 +294,3 @@ def curves_figure(records: list[dict], *, title: str = ""):
     img = _fig_to_image(fig)
     plt.close(fig)
     return img
-
-
-# -- the command --------------------------------------------------------------------------
-
-
-def _out(args, default: str) -> Path:
-    out = Path(args.out or default)
-    if out.suffix.lower() not in (".png",):
-        raise ValueError(f"--out must end in .png (a .gif is written beside it where there is one), got {out}")
-    return out
-
-
-def run_show(args) -> int:
-    from .utils import resolve_device
-
-    device = resolve_device(args.device)
-    what = args.what
-    if what == "forward":
-        from .data import load_data
-
-        if args.run:
-            from .cli import load_run
-
-            cfg, info, _, process, _, _ = load_run(args.run, "cpu")
-            degrade = gaussian_degrade(process, seed=args.seed)
-            source = args.data or cfg.data.source
-            name = f"the run's {process!r}"
-        else:
-            degrade = get_degrade(args.process, device)
-            source = args.data or "builtin:digits"
-            name = args.process
-        data = load_data(source, size=args.size)
-        if data.kind != "image":
-            raise ValueError(f"show forward draws images; {source!r} holds vectors "
-                             "(use `unblur show toy` for 2-D data)")
-        if args.n < 1 or args.levels < 2:
-            raise ValueError(f"--n must be >= 1 and --levels >= 2, got {args.n} and {args.levels}")
-        x0 = data.x[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.n]]
-        ts = np.linspace(0.0, 1.0, args.levels).tolist()
-        img = forward_strip(x0.to(device), degrade, ts)
-        out = _out(args, "forward.png")
-        save_png(img, out)
-        frames = [forward_frame(x0.to(device), degrade, t) for t in np.linspace(0, 1, 30).tolist()]
-        save_gif(frames, out.with_suffix(".gif"), ms=100)
-        print(f"wrote {out} and {out.with_suffix('.gif')} ({name}, {len(ts)} levels of t)")
-        return 0
-
-    if not args.run:
-        raise ValueError(f"show {what} needs a run folder: unblur show {what} RUN")
-    if what == "curves":
-        records = read_metrics(args.run)
-        out = _out(args, str(Path(args.run) / "curves.png"))
-        save_png(curves_figure(records, title=f"{args.run}: {len(records)} records"), out)
-        print(f"wrote {out} ({len(records)} records)")
-        return 0
-
-    from .cli import load_run
-    from .guidance import clip_x0
-    from .models import sampling_grid
-
-    cfg, info, net, process, denoiser, dev = load_run(args.run, args.device)
-    sampler = args.sampler or cfg.sample.sampler
-    steps = args.steps or cfg.sample.steps
-    grid = sampling_grid(cfg)
-    if what == "trajectory":
-        if info["kind"] != "image":
-            raise ValueError("show trajectory draws images; for a 2-D model use `unblur show toy`")
-        if cfg.sample.clip:
-            denoiser = clip_x0(denoiser)
-        infos, _ = record_trajectory(denoiser, process, info["shape"], n=args.n, sampler=sampler, steps=steps,
-                                     grid=grid, seed=args.seed, device=dev)
-        strip, frames = trajectory_pictures(infos, columns=args.levels)
-        out = _out(args, str(Path(args.run) / "trajectory.png"))
-        save_png(strip, out)
-        save_gif(frames, out.with_suffix(".gif"), ms=150)
-        print(f"wrote {out} and {out.with_suffix('.gif')} ({sampler}, {steps} steps, {args.n} samples)")
-        return 0
-    if what == "toy":
-        if info["kind"] != "vector" or info["shape"] != [2]:
-            raise ValueError(f"show toy needs a model of 2-D points; this run makes {info['kind']} data of shape "
-                             f"{tuple(info['shape'])}")
-        from .data import load_data
-
-        data = load_data(args.data or cfg.data.source, n=args.points, seed=args.seed)
-        infos, samples = record_trajectory(denoiser, process, [2], n=args.points, sampler=sampler, steps=steps,
-                                           grid=grid, seed=args.seed, device=dev)
-        img = toy_figure(denoiser, process, data.x, samples, device=dev, seed=args.seed)
-        out = _out(args, str(Path(args.run) / "toy.png"))
-        save_png(img, out)
-        lim = float(np.percentile(data.x.abs().numpy(), 99.5)) * 1.25
-        save_gif(toy_frames(infos, lim), out.with_suffix(".gif"), ms=150)
-        print(f"wrote {out} and {out.with_suffix('.gif')} ({sampler}, {steps} steps, {args.points} points)")
-        return 0
-    raise choice_error("picture", what, ("forward", "trajectory", "toy", "curves"))
-
-
-def add_show_parser(sub, fn) -> None:
-    p = sub.add_parser("show", help="pictures: forward | trajectory | toy | curves (PNG and GIF)")
-    p.add_argument("what", choices=["forward", "trajectory", "toy", "curves"])
-    p.add_argument("run", nargs="?", help="run folder (needed by trajectory, toy and curves)")
-    p.add_argument("--data", help="forward/toy: data to draw (default: the run's, or builtin:digits)")
-    p.add_argument("--process", default="vp", help="forward without a run: " + " | ".join(sorted(DEGRADATIONS)))
-    p.add_argument("--size", type=int, help="forward: resize the images")
-    p.add_argument("--n", type=int, default=4, help="images (rows)")
-    p.add_argument("--levels", type=int, default=8, help="columns: levels of t (forward) or steps shown (trajectory)")
-    p.add_argument("--points", type=int, default=2000, help="toy: points drawn")
-    p.add_argument("--sampler", help="trajectory/toy: sampler (default: the run's)")
-    p.add_argument("--steps", type=int, help="trajectory/toy: sampler steps (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="PNG path (a GIF is written beside it)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(fn=fn)
-
-
-__all__ = [
-    "DEGRADATIONS",
-    "Degrade",
-    "curves_figure",
-    "forward_strip",
-    "gaussian_degrade",
-    "get_degrade",
-    "record_trajectory",
-    "register_degradation",
-    "save_gif",
-    "toy_figure",
-    "trajectory_pictures",
-]

@@ -66,6 +66,7 @@ class Process(Protocol):
     default_sampler: str  # the sampler used when neither the request nor the run names one
     samplers: tuple[str, ...]  # names of the samplers (``unblur.sampling.SAMPLERS``) that apply
     can_generate: bool  # whether there is an image-free start to generate from
+    restores: bool  # a restorer of degraded images: its PSNR/SSIM are logged with training grids
     loss_key: str  # the ``objective`` config field naming the training loss ("loss" or "restore_loss")
 
     def levels(self, steps: int, grid: str) -> Tensor:
@@ -90,3 +91,59 @@ class Process(Protocol):
     def sampler_options(self) -> dict[str, Any]:
         """Keyword arguments this process's samplers need besides the shared signature."""
         ...
+
+    def fit_start(self, x: Tensor, *, seed: int = 0) -> dict:
+        """Statistics of the start of generation fitted once to the training data x (saved with
+        the run as ``DataInfo.cold_start``); empty when the start needs none."""
+        ...
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a run remembers about its data: enough to build, sample and check the same network.
+
+    Saved as JSON in a run's ``model.safetensors`` metadata (``to_dict``/``from_dict``; keys a
+    later version added are ignored by an older reader, and missing keys take the defaults).
+    """
+
+    kind: str  # "image" | "vector"
+    shape: tuple[int, ...]  # (C, H, W) or (D,)
+    source: str = ""  # the data spec the run was trained on
+    num_items: int = 0
+    class_names: tuple[str, ...] | None = None  # from class sub-folders, labels files or built-in sets
+    text_dim: int | None = None  # width of the caption features the network was built for
+    cold_start: dict | None = None  # a cold process's fitted start statistics
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"kind": self.kind, "source": self.source, "num_items": self.num_items, "shape": list(self.shape),
+             "class_names": list(self.class_names) if self.class_names else None}
+        if self.text_dim is not None:
+            d["text_dim"] = self.text_dim
+        if self.cold_start is not None:
+            d["cold_start"] = self.cold_start
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataInfo:
+        if "kind" not in d or "shape" not in d:
+            raise ValueError(f"a run's data description needs 'kind' and 'shape', got keys {sorted(d)}")
+        names = d.get("class_names")
+        return cls(kind=str(d["kind"]), shape=tuple(int(v) for v in d["shape"]), source=str(d.get("source", "")),
+                   num_items=int(d.get("num_items", 0)), class_names=tuple(names) if names else None,
+                   text_dim=d.get("text_dim"), cold_start=d.get("cold_start") or None)
+
+    # Mapping-style reads (``info["shape"]``, ``info.get("class_names")``) for code written
+    # against the plain dict a run's metadata holds.
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        value = getattr(self, key)
+        return list(value) if isinstance(value, tuple) else value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self[key] if key in self.__dataclass_fields__ else None
+        return default if value is None else value

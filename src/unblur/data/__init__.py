@@ -9,10 +9,11 @@ Everything is loaded whole into memory as one ``Data`` (a dataclass that is also
     train, held_out = split(data, 0.1, seed=0)
 """
 
+from ..images import IMAGE_EXTENSIONS
 from .arrays import load_npy
-from .base import Data, DataWarning, random_hflip, random_shift, split
+from .base import Data, DataWarning, augment, random_hflip, random_shift, split
 from .builtin import builtin_names, load_digits, load_toy2d
-from .folder import IMAGE_EXTENSIONS, load_folder
+from .folder import load_folder
 from .load import load_data
 from .shapes import load_shapes
 from .toy2d import TOY2D, Toy2D, get_toy2d
@@ -21,6 +22,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "TOY2D",
     "Data",
+    "augment",
     "DataWarning",
     "Toy2D",
     "builtin_names",

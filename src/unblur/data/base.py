@@ -244,3 +244,22 @@ def resize_center_crop(x: Tensor, size: tuple[int, int] | None) -> Tensor:
     x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=scale < 1)
     top, left = (rh - th) // 2, (rw - tw) // 2
     return x[..., top : top + th, left : left + tw].clamp(-1.0, 1.0).contiguous()
+
+
+def augment(x: Tensor, cond: dict | None, generator: Generator, *, hflip: bool = False,
+            shift: int = 0) -> tuple[Tensor, dict | None]:
+    """The training augmentations of a batch (``data.hflip``, ``data.shift``), drawn from
+    ``generator`` in that order; a conditioning image (``cond["image"]``, e.g. the
+    low-resolution copy) moves together with its target. Vectors pass through unchanged."""
+    steps = [f for on, f in ((hflip, random_hflip), (shift, lambda z, g: random_shift(z, g, shift))) if on]
+    if not steps or x.ndim != 4:
+        return x, cond
+    image = cond.get("image") if cond is not None else None
+    for f in steps:
+        if image is None:
+            x = f(x, generator)
+        else:  # one draw for the image and its conditioning image
+            x, image = f(torch.cat([x, image], dim=1), generator).split([x.shape[1], image.shape[1]], dim=1)
+    if image is not None:
+        cond = {**cond, "image": image}
+    return x, cond

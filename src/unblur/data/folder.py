@@ -41,17 +41,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..images import (
+    GRAY_MODES,
+    REDUCING_GAP,
+    SWAPPING_ORIENTATIONS,
+    cover_crop,
+    list_image_files,
+    no_images_message,
+    normalize_mode,
+    orientation,
+)
 from .base import Data, DataWarning, as_size, check_channels
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif",
-     ".ppm", ".pgm", ".pbm", ".pnm"}
-)  # fmt: skip
-GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
-_REDUCING_GAP = 2.0  # JPEG DCT draft and Pillow's reduce() stop at twice the target size
 _SHOW_BAD = 10  # bad files named in a warning or an error
 
 
@@ -75,9 +76,9 @@ def load_folder(
         raise ValueError(f"data folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} is not a folder: give a folder of images, a .npy file or builtin:NAME")
-    files, others = _list_files(root)
+    files, others = list_image_files(root)
     if not files:
-        raise ValueError(_no_images_message(root, others))
+        raise ValueError(no_images_message(root, others))
     workers = workers or min(8, os.cpu_count() or 1)
 
     # 1. Headers only: size after EXIF rotation, and mode. A file failing here is bad.
@@ -133,33 +134,6 @@ def load_folder(
     )
 
 
-# -- listing ------------------------------------------------------------------------------
-
-
-def _list_files(root: Path) -> tuple[list[Path], Counter]:
-    """Image files under ``root``, sorted, and a count of the other files' extensions."""
-    images, others = [], Counter()
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            ext = os.path.splitext(name)[1].lower()
-            if ext in IMAGE_EXTENSIONS:
-                images.append(Path(folder) / name)
-            else:
-                others[ext or "(no extension)"] += 1
-    return images, others
-
-
-def _no_images_message(root: Path, others: Counter) -> str:
-    exts = " ".join(sorted(IMAGE_EXTENSIONS))
-    if not others:
-        return f"data folder {str(root)!r} is empty: put images in it ({exts})"
-    found = ", ".join(f"{n} {ext}" for ext, n in others.most_common(6))
-    return f"no image files in {str(root)!r} (found {found}); expected files ending in {exts}"
-
-
 # -- decoding -----------------------------------------------------------------------------
 
 
@@ -182,16 +156,9 @@ def _probe(path: Path) -> tuple[tuple[int, int], str]:
     """((H, W) after EXIF rotation, mode), reading the header only."""
     with Image.open(path) as img:
         w, h = img.size
-        if _orientation(img) in _SWAPPING_ORIENTATIONS:
+        if orientation(img) in SWAPPING_ORIENTATIONS:
             w, h = h, w
         return (h, w), img.mode
-
-
-def _orientation(img: Image.Image) -> int:
-    try:
-        return int(img.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
-        return 1
 
 
 def _decode(path: Path, target: tuple[int, int], channels: int) -> np.ndarray:
@@ -201,58 +168,16 @@ def _decode(path: Path, target: tuple[int, int], channels: int) -> np.ndarray:
         if img.format == "JPEG":
             # Let the JPEG decoder shrink by a power of two, down to twice the size we need.
             w, h = img.size
-            if _orientation(img) in _SWAPPING_ORIENTATIONS:
+            if orientation(img) in SWAPPING_ORIENTATIONS:
                 w, h = h, w
-            s = max(th / h, tw / w) * _REDUCING_GAP
+            s = max(th / h, tw / w) * REDUCING_GAP
             if s < 1.0:
                 img.draft(img.mode, (math.ceil(img.size[0] * s), math.ceil(img.size[1] * s)))
         img.load()  # raises on truncated data
-        img = ImageOps.exif_transpose(img)
-        img = _flatten(img)
+        img = normalize_mode(ImageOps.exif_transpose(img))
         img = img.convert("L" if channels == 1 else "RGB")
-        img = _cover_crop(img, target)
+        img = cover_crop(img, target)
         return np.asarray(img, dtype=np.uint8)
-
-
-def _flatten(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to L or RGB: alpha composited on white, 16 bits scaled to 8."""
-    mode = img.mode
-    if mode in ("L", "RGB"):
-        return img
-    if mode == "1":
-        return img.convert("L")
-    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
-        a = np.asarray(img).astype(np.float64)
-        if mode in _SIXTEEN_BIT or (mode == "I" and a.max(initial=0) > 255):
-            a = a / 257.0  # 0..65535 -> 0..255
-        elif mode == "F" and a.max(initial=0) <= 1.0:
-            a = a * 255.0  # floats in [0, 1]
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-    if mode == "P" and "transparency" in img.info:
-        mode, img = "RGBA", img.convert("RGBA")
-    if mode in _ALPHA_MODES:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")  # P, CMYK, YCbCr, HSV, ...
-
-
-def _cover_crop(img: Image.Image, target: tuple[int, int]) -> Image.Image:
-    """Scale to cover ``target`` (H, W) and take the center, in one resampling step."""
-    th, tw = target
-    w, h = img.size
-    if (h, w) == (th, tw):
-        return img
-    s = max(th / h, tw / w)
-    cw, ch = tw / s, th / s  # the source region that maps onto the target
-    left, top = (w - cw) / 2, (h - ch) / 2
-    shrink = s < 1.0
-    return img.resize(
-        (tw, th),
-        resample=Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC,
-        box=(left, top, left + cw, top + ch),
-        reducing_gap=_REDUCING_GAP if shrink else None,
-    )
 
 
 def _target_size(

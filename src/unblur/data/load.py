@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..images import IMAGE_EXTENSIONS
 from ..utils import choice_error
 from .arrays import load_npy
 from .base import Data
 from .builtin import DEFAULT_TOY2D_N, builtin_names, load_digits, load_toy2d
-from .folder import IMAGE_EXTENSIONS, load_folder
+from .folder import load_folder
 from .shapes import load_shapes
 
 SPEC_HELP = "a folder of images, a .npy file, builtin:digits, builtin:shapes[:pairs] or builtin:toy2d:NAME"

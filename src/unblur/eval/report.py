@@ -242,9 +242,7 @@ def evaluate(
 
 def check_restoration(process, level: float) -> None:
     """psnr/ssim need a cold-diffusion run and a level in (0, 1]; checked before any sampling starts."""
-    from ..processes.cold import ColdProcess
-
-    if not isinstance(process, ColdProcess):
+    if not getattr(process, "restores", False):
         raise ValueError(f"psnr and ssim measure restoration by a cold-diffusion run (--process blur, mask, ...); "
                          f"this run's process is {process!r}: ask for fid, kid, pr, is or bpd instead")
     if not 0 < level <= 1:

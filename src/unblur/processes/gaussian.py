@@ -14,9 +14,11 @@ import torch
 from torch import Tensor
 
 from ..types import Generator
-from ..utils import append_dims, choice_error, randn_like
+from ..utils import append_dims, choice_error, rand, randn, randn_like
+from .grids import make_grid
 
 SCHEDULES = ("linear", "scaled-linear", "cosine", "sigmoid")
+GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-2m-sde", "pc-langevin")
 
 
 def sigma_to_alpha_bar(sigma: Tensor) -> Tensor:
@@ -133,6 +135,51 @@ class GaussianProcess:
         noise = randn_like(x0, generator) if noise is None else noise
         return append_dims(self.alpha(t), x0.ndim) * x0 + append_dims(self.std(t), x0.ndim) * noise
 
+    # -- the Process protocol (``unblur.types.Process``): levels are VE noise levels sigma ----
+    kind: str = "gaussian"
+    default_sampler: str = "dpmpp-2m"
+    samplers: tuple[str, ...] = GAUSSIAN_SAMPLERS
+    can_generate: bool = True
+    restores: bool = False  # not a restorer of degraded images (no PSNR/SSIM with training grids)
+    loss_key: str = "loss"
+    precond: str = "vp"  # the preconditioning row of ``unblur.precond`` a network over it uses
+
+    def levels(self, steps: int, grid: str) -> Tensor:
+        """The named grid of ``steps`` noise levels, ending at 0 (``unblur.processes.grids``)."""
+        return make_grid(grid, steps, self).to(torch.float64)
+
+    def prior(self, shape: tuple[int, ...], generator: Generator = None, *, level: float,
+              device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """x_T ~ N(0, prior_std(level)^2 I) in VE scale."""
+        return randn(shape, generator=generator, device=device, dtype=dtype) * self.prior_std(level)
+
+    def training_sigma(self, batch: int, generator: Generator = None, device=None) -> Tensor:
+        """Training noise levels (B,): uniform t in [0, 1] through sigma(t) (subclasses refine)."""
+        t = rand((batch,), generator=generator, device=device)
+        return self.sigma(t).float()
+
+    def training_pair(self, x0: Tensor, generator: Generator = None) -> tuple[Tensor, Tensor]:
+        """(sigma (B,), x = x0 + sigma n): the process's training levels, then the noise."""
+        sigma = self.training_sigma(x0.shape[0], generator, x0.device)
+        noise = randn_like(x0, generator)
+        return sigma, x0 + append_dims(sigma, x0.ndim) * noise
+
+    def picture(self, x0: Tensor, t: Tensor, generator: Generator = None) -> Tensor:
+        """(x0 + sigma(t) n) / sqrt(1 + sigma(t)^2): every level as a VP model sees it, in [-1, 1]
+        up to the noise; t = 0 is x0 exactly."""
+        n = randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        tt = t.to(torch.float64).clamp(0, 1)
+        sigma = torch.where(tt > 0, self.sigma(tt), torch.zeros_like(tt)).to(x0.dtype).to(x0.device)
+        s = append_dims(sigma, x0.ndim)
+        return (x0 + s * n) / (1 + s**2).sqrt()
+
+    def sampler_options(self) -> dict:
+        return {}
+
+    def fit_start(self, x: Tensor, *, seed: int = 0) -> dict:
+        """Statistics of the start fitted to the training data: none (the prior is N(0, I))."""
+        return {}
+
 
 @dataclass
 class VPSDE(GaussianProcess):
@@ -145,6 +192,8 @@ class VPSDE(GaussianProcess):
     beta_max: float = 20.0
     t_min: float = 1e-3
     variance_preserving: bool = field(default=True, init=False)
+    kind = "vpsde"
+    precond = "vp-continuous"
 
     def __post_init__(self):
         if not 0 < self.beta_min < self.beta_max:
@@ -171,6 +220,8 @@ class VEProcess(GaussianProcess):
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
+    kind = "ve"
+    precond = "edm"
 
     def __post_init__(self):
         if not 0 < self.sigma_min < self.sigma_max:
@@ -196,6 +247,15 @@ class EDMProcess(GaussianProcess):
     sigma_max: float = 80.0
     sigma_data: float = 0.5
     rho: float = 7.0
+    p_mean: float = -1.2  # training levels: ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022, sec. 5)
+    p_std: float = 1.2
+    kind = "edm"
+    precond = "edm"
+
+    def training_sigma(self, batch: int, generator: Generator = None, device=None) -> Tensor:
+        """ln sigma ~ N(p_mean, p_std^2), shape (B,) (Karras et al. 2022, sec. 5)."""
+        z = randn((batch,), generator=generator, device=device)
+        return (self.p_mean + self.p_std * z).exp()
 
     def __post_init__(self):
         if not 0 < self.sigma_min < self.sigma_max:
@@ -219,6 +279,7 @@ class DiscreteVP(GaussianProcess):
     """
 
     variance_preserving = True
+    kind = "vp"
 
     def __init__(
         self,
@@ -254,6 +315,13 @@ class DiscreteVP(GaussianProcess):
     def __repr__(self) -> str:
         ztsnr = ", zero_terminal_snr=True" if self.zero_terminal_snr else ""
         return f"DiscreteVP({self.schedule!r}, num_steps={self.num_steps}{ztsnr})"
+
+    def training_sigma(self, batch: int, generator: Generator = None, device=None) -> Tensor:
+        """Uniform integer steps (Ho et al. Algorithm 1) as noise levels (B,)."""
+        u = rand((batch,), generator=generator, device=device, dtype=torch.float64)
+        n = len(self._log_sigmas)
+        i = (u * n).floor().clamp(max=n - 1)
+        return self.sigma_at(i.cpu()).to(device=device, dtype=torch.float32)
 
     # -- tables at integer steps -------------------------------------------------------------
     def _take(self, table: Tensor, i: Tensor, like: Tensor | None = None) -> Tensor:

@@ -7,12 +7,15 @@ A sampler never builds a schedule; it walks the grid it is given. One step goes 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..utils import choice_error
-from .gaussian import DiscreteVP
+
+if TYPE_CHECKING:  # grids are built for processes; processes import grids, not the reverse
+    from .gaussian import DiscreteVP
 
 SPACINGS = ("leading", "trailing", "linspace")
 GRIDS = ("karras", "logsnr", "leading", "trailing", "linspace", "ddim", "full")
@@ -97,7 +100,7 @@ def make_grid(name: str, steps: int, process, *, rho: float = 7.0) -> Tensor:
     if name == "logsnr":
         return logsnr_grid(steps, process.sigma_min, process.sigma_max)
     if name in ("leading", "trailing", "linspace", "ddim", "full"):
-        if not isinstance(process, DiscreteVP):
+        if getattr(process, "num_steps", None) is None:  # not a discrete schedule
             raise ValueError(f"grid {name!r} needs a discrete schedule; use karras or logsnr for {process!r}")
         if name == "full":
             return discrete_grid(process, process.num_steps, "leading")

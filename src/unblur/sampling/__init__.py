@@ -7,11 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..processes.gaussian import GaussianProcess
-from ..processes.grids import make_grid
-from ..types import Callback, Cond, Denoiser, Generator
-from ..utils import choice_error, randn
-from .cold import COLD_SAMPLERS, generate_cold, sample_cold, sample_cold_naive
+from ..types import Callback, Cond, Denoiser, Generator, Process
+from ..utils import choice_error
+from .cold import COLD_SAMPLERS, sample_cold, sample_cold_naive
 from .samplers import (
     check_grid,
     sample_ddim,
@@ -60,8 +58,8 @@ def generate(
     denoiser: Denoiser,
     shape: tuple[int, ...],
     *,
-    process: GaussianProcess,
-    sampler: str = "dpmpp-2m",
+    process: Process,
+    sampler: str | None = None,
     steps: int = 20,
     grid: str | Tensor = "karras",
     cond: Cond = None,
@@ -71,18 +69,23 @@ def generate(
     dtype: torch.dtype = torch.float32,
     **options,
 ) -> Tensor:
-    """Draw samples: build the grid, draw x_T from the process's prior, run the sampler.
+    """Draw samples: the process's grid of levels, a draw from its prior (or cold start) at the
+    first level, then the sampler.
 
-    Returns x0 in VE scale (the data scale) of shape ``shape``.
+    ``sampler`` defaults to the process's own; a sampler that does not apply to the process
+    (a Gaussian sampler on a cold process, or the reverse) is an error that names the ones that
+    do. Returns x0 in VE scale (the data scale) of shape ``shape``.
     """
+    sampler = sampler or process.default_sampler
     fn = get_sampler(sampler)
-    if sampler in COLD_SAMPLERS or not isinstance(process, GaussianProcess):  # cold diffusion: levels t in [0, 1]
-        return generate_cold(denoiser, shape, process=process, sampler=sampler, steps=steps, cond=cond,
-                             generator=generator, callback=callback, device=device, dtype=dtype, **options)
-    sigmas = make_grid(grid, steps, process) if isinstance(grid, str) else check_grid(grid)
-    sigmas = sigmas.to(torch.float64)  # coefficients stay float64; samplers move levels to x.device
-    x = randn(shape, generator=generator, device=device, dtype=dtype) * process.prior_std(float(sigmas[0]))
-    return fn(denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, **options)
+    if sampler not in process.samplers:
+        raise ValueError(f"the {sampler} sampler does not apply to the {process.kind} process; use one of: "
+                         f"{', '.join(process.samplers)}")
+    levels = process.levels(steps, grid) if isinstance(grid, str) else check_grid(grid).to(torch.float64)
+    start_options = {k: options.pop(k) for k in ("start_noise",) if k in options}
+    x = process.prior(shape, generator, level=float(levels[0]), device=device, dtype=dtype, **start_options)
+    return fn(denoiser, x, levels, cond=cond, generator=generator, callback=callback, **process.sampler_options(),
+              **options)
 
 
 __all__ = [

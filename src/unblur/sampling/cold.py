@@ -23,7 +23,7 @@ from ..types import Callback, Cond, Denoiser, Generator, StepInfo
 from ..utils import mean_flat
 from .samplers import check_grid
 
-COLD_SAMPLERS = ("cold", "cold-naive")
+COLD_SAMPLERS = ("cold", "cold-naive")  # = ColdProcess.samplers
 
 
 def _walk(restorer: Denoiser, x: Tensor, grid: Tensor, process: ColdProcess, cond: Cond, generator: Generator,
@@ -35,13 +35,15 @@ def _walk(restorer: Denoiser, x: Tensor, grid: Tensor, process: ColdProcess, con
     if float(g[0]) > 1:
         raise ValueError(f"cold levels lie in [0, 1]; the grid starts at {float(g[0])}")
     levels = g.double().tolist()
-    fixed_layer = process.draw_layer(x, generator) if process.kind == "snow" else None
+    # A stochastic degradation not linear in its layer (snow) re-degrades with one layer drawn
+    # for the whole walk; one linear in it (noise, blend) with the layer implied at each step.
+    fixed_layer = process.draw_layer(x, generator) if process.stochastic and not process.layer_linear else None
     n = len(levels) - 1
     for i in range(n):
         s, s_next = levels[i], levels[i + 1]
         t = torch.full((x.shape[0],), s, device=x.device, dtype=x.dtype)
         x0 = restorer(x, t, cond)  # 1. R(x_s, s) = x0_hat
-        layer = process.layer_of(x, x0, s) if process.kind in ("noise", "blend") else fixed_layer
+        layer = process.layer_of(x, x0, s) if process.layer_linear else fixed_layer
         if improved:
             # 2. Algorithm 2: x_{s-1} = x_s - D(x0_hat, s) + D(x0_hat, s-1).
             x = x - process.degrade(x0, s, layer=layer) + process.degrade(x0, s_next, layer=layer)
@@ -133,7 +135,7 @@ def estimate_level(restorer: Denoiser, x: Tensor, *, process: ColdProcess, candi
 
     The degradation must not need an unknown random layer (not noise, not blend).
     """
-    if process.kind in ("noise", "blend"):
+    if not process.level_estimable:
         raise ValueError(f"the level of a {process.kind} degradation cannot be estimated by re-degrading "
                          "(any level explains the image): give --level")
     levels = torch.linspace(1.0 / candidates, 1.0, candidates, dtype=torch.float64)

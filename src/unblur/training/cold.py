@@ -6,11 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.cold import ColdProcess
+from ..processes.degradations import DEGRADATIONS
 from ..types import Cond, Generator
-from ..utils import choice_error, mean_flat, rand
+from ..utils import choice_error, mean_flat
 
 RESTORE_LOSSES = ("l1", "l2")
-GENERATIVE = ("blur", "mask", "blend", "noise")  # degradations with an image-free start at t = 1
+# Degradations with an image-free start at t = 1 (``ColdProcess.can_generate``; kept for older callers).
+GENERATIVE = tuple(name for name, cls in DEGRADATIONS.items() if cls.can_generate)
 
 
 class ColdLossModule(nn.Module):
@@ -31,9 +33,9 @@ class ColdLossModule(nn.Module):
 
 
 def cold_batch(process: ColdProcess, x0: Tensor, generator: Generator) -> tuple[Tensor, Tensor]:
-    """Levels t ~ U[0, 1] (B,) and the degraded batch x_t = degrade(x0, t), from ``generator``."""
-    t = rand((x0.shape[0],), generator=generator, device=x0.device)
-    return t, process.degrade(x0, t, generator)
+    """Levels t ~ U[0, 1] (B,) and the degraded batch x_t = degrade(x0, t), from ``generator``
+    (``ColdProcess.training_pair``)."""
+    return process.training_pair(x0, generator)
 
 
 @torch.no_grad()

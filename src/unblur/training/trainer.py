@@ -25,16 +25,11 @@ from torch import nn
 
 from ..conditioning import Conditioner, drop_cond
 from ..config import Config
-from ..data import Data, load_data, random_hflip, random_shift
-from ..guidance import cfg as guide
-from ..guidance import clip_x0
+from ..data import Data, augment, load_data
 from ..images import grid_scale, make_grid, save_png, scatter_image
-from ..models import build_denoiser, build_net, build_process, data_info_of, sampling_grid
-from ..objectives import LossModule, draw_noise, sample_sigma
-from ..processes.cold import ColdProcess
-from ..sampling import generate
-from ..utils import resolve_device, seeded_generators
-from .checkpoint import (
+from ..objectives import LossModule
+from ..runs import Run, build_denoiser, build_net, build_process, data_info_of
+from ..runs.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     STATE_FILE,
@@ -43,7 +38,8 @@ from .checkpoint import (
     save_model,
     save_train_state,
 )
-from .cold import GENERATIVE, ColdLossModule, cold_batch, restoration_metrics
+from ..utils import resolve_device, seeded_generators
+from .cold import restoration_metrics
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
 
@@ -218,13 +214,12 @@ class Trainer:
             sd = float(self.data.x.float().std())
             cfg = replace(cfg, process=replace(cfg.process, sigma_data=round(sd, 4)))
             self.cfg = cfg
-        self.data_info = data_info_of(self.data)
         self.conditioner = Conditioner(cfg, self.data, self.out, self.device, progress=progress and self.dist.main)
-        self.data_info.update(self.conditioner.info)
+        self.data_info = replace(data_info_of(self.data), **self.conditioner.info)
         self.process = build_process(cfg, self.data_info)
-        self.cold = isinstance(self.process, ColdProcess)
-        if self.cold:  # the start of generation, fitted once on the data and saved with the run
-            self.data_info["cold_start"] = self.process.fit_start(self.data.x, seed=t.seed)
+        start = self.process.fit_start(self.data.x, seed=t.seed)  # e.g. blur's start, fitted once and saved
+        if start:
+            self.data_info = replace(self.data_info, cold_start=start)
             self.process = build_process(cfg, self.data_info)
         torch.manual_seed(_mix(t.seed, 0xC0FFEE))
         net = build_net(cfg, self.data_info).to(self.device)
@@ -236,9 +231,8 @@ class Trainer:
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
         self.model = build_denoiser(cfg, net, self.process)
         o = cfg.objective
-        loss_module: nn.Module = LossModule(self.model, loss=o.loss, weighting=o.weighting,
-                                            min_snr_gamma=o.min_snr_gamma) if not self.cold else \
-            ColdLossModule(self.model, loss=o.restore_loss)
+        loss_module: nn.Module = LossModule(self.model, loss=getattr(o, self.process.loss_key),
+                                            weighting=o.weighting, min_snr_gamma=o.min_snr_gamma)
         if t.compile:
             loss_module = torch.compile(loss_module)
         if self.dist.world > 1:
@@ -272,9 +266,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
+    def ema_run(self) -> Run:
+        """The run as sampled now: the EMA network behind the run's process, on the trainer's device."""
+        return Run(self.cfg, self.data_info, self.ema, self.process, device=self.device, path=self.out)
+
     def ema_denoiser(self):
-        den = build_denoiser(self.cfg, self.ema, self.process)
-        return clip_x0(den) if (self.data.kind == "image" and self.cfg.sample.clip) else den
+        """The EMA network's sampling denoiser (unguided, clipped for images)."""
+        return self.ema_run().sampling_denoiser()
 
     def _log(self, record: dict) -> None:
         with (self.out / "metrics.jsonl").open("a") as f:
@@ -305,7 +303,7 @@ class Trainer:
             "opt": self.opt.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
-            "data_info": self.data_info,
+            "data_info": self.data_info.to_dict(),
         }
         save_train_state(self.out / STATE_FILE, state)
         keep = self.cfg.train.keep_checkpoints
@@ -317,51 +315,34 @@ class Trainer:
                 f.unlink(missing_ok=True)
 
     def sample_grid(self) -> Path | None:
+        """Write a grid of samples from the EMA network (restorations of fully degraded data
+        where the process has no image-free start) and, for restorers, log their PSNR/SSIM."""
         if not self.dist.main or self.cfg.sample.grid_n <= 0:
             return None
-        s = self.cfg.sample
+        s, run = self.cfg.sample, self.ema_run()
         n = s.grid_n if self.data.kind == "image" else 4000
-        shape = (n, *self.data_info["shape"])
-        if self.cold:
-            return self._cold_grid(n)
-        gens = seeded_generators(range(n), device=self.device) if self.data.kind == "image" else \
-            torch.Generator(self.device).manual_seed(0)
-        den, cond = self.ema_denoiser(), self.conditioner.grid_cond(n)
-        if cond is not None and self.conditioner.guidance != 1.0:  # guide first, then clip
-            den = guide(build_denoiser(self.cfg, self.ema, self.process), self.conditioner.guidance,
-                        self.conditioner.null(cond))
-            den = clip_x0(den) if self.cfg.sample.clip else den
-        x = generate(den, shape, cond=cond, process=self.process, sampler=s.sampler, steps=s.steps,
-                     grid=sampling_grid(self.cfg),
-                     generator=gens, device=self.device)
+        plan = run.plan()
+        x0 = self.data.x[:n].to(self.device)
+        with torch.no_grad():
+            if self.process.can_generate:
+                gens = seeded_generators(range(n), device=self.device) if self.data.kind == "image" else \
+                    torch.Generator(self.device).manual_seed(0)
+                cond = self.conditioner.grid_cond(n)
+                uncond = self.conditioner.null(cond) if cond is not None else None
+                x = run.generate(n, plan=plan, cond=cond, uncond=uncond, guidance=self.conditioner.guidance,
+                                 generator=gens)
+            else:
+                x, _ = run.restore(self.process.degrade(x0, 1.0), 1.0, sampler=plan.sampler, steps=plan.steps)
+            if self.process.restores:
+                metrics = restoration_metrics(run.sampling_denoiser(), self.process, x0, level=1.0,
+                                              steps=plan.steps, sampler=plan.sampler)
+                if metrics:
+                    self._log({"step": self.step, **metrics})
         path = self.out / "samples" / f"step-{self.step:08d}.png"
         if self.data.kind == "image":
             save_png(make_grid(x, scale=grid_scale(x.shape[-2])), path)
         else:
             save_png(scatter_image(x), path)
-        return path
-
-    def _cold_grid(self, n: int) -> Path:
-        """Cold runs: generated samples (or, for degradations without an image-free start, the
-        restorations of fully degraded data), and the restoration PSNR/SSIM in metrics.jsonl."""
-        s, den = self.cfg.sample, self.ema_denoiser()
-        sampler = s.sampler if s.sampler in ("cold", "cold-naive") else "cold"
-        x0 = self.data.x[:n].to(self.device)
-        with torch.no_grad():
-            if self.process.kind in GENERATIVE:
-                x = generate(den, (n, *self.data_info["shape"]), process=self.process, sampler=sampler,
-                             steps=s.steps, generator=seeded_generators(range(n), device=self.device),
-                             device=self.device)
-            else:
-                from ..sampling.cold import restore
-
-                x = restore(den, self.process.degrade(x0, 1.0), 1.0, process=self.process, sampler=sampler,
-                            steps=s.steps)
-            metrics = restoration_metrics(den, self.process, x0, level=1.0, steps=s.steps, sampler=sampler)
-        if metrics:
-            self._log({"step": self.step, **metrics})
-        path = self.out / "samples" / f"step-{self.step:08d}.png"
-        save_png(make_grid(x, scale=grid_scale(x.shape[-2])), path)
         return path
 
     # -- the loop --------------------------------------------------------------------------
@@ -380,30 +361,16 @@ class Trainer:
         for k, mi in enumerate(micro):
             x0 = self.x_all[mi.to(self.device)]
             cond = self.conditioner.items(mi.to(self.device))
-            for on, augment in ((self.cfg.data.hflip, random_hflip),
-                                (self.cfg.data.shift, lambda z, g: random_shift(z, g, self.cfg.data.shift))):
-                if not on or x0.ndim != 4:
-                    continue
-                if cond is not None and "image" in cond:  # move the image and its low-resolution copy together
-                    both = augment(torch.cat([x0, cond["image"]], dim=1), gen)
-                    x0, cond["image"] = both.split([x0.shape[1], cond["image"].shape[1]], dim=1)
-                else:
-                    x0 = augment(x0, gen)
+            x0, cond = augment(x0, cond, gen, hflip=self.cfg.data.hflip, shift=self.cfg.data.shift)
             if self.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            o = self.cfg.objective
-            if self.cold:  # cold diffusion: sigma is the level t, noise the degraded batch x_t
-                sigma, noise = cold_batch(self.process, x0, gen)
-            else:
-                sigma = sample_sigma(self.process, len(x0), generator=gen, device=self.device,
-                                     p_mean=o.p_mean, p_std=o.p_std)
-                noise = draw_noise(x0, gen)
+            level, x_t = self.process.training_pair(x0, gen)  # the process's levels and degraded batch
             cond = drop_cond(cond, self.conditioner.p, gen, self.conditioner.num_classes)
             sync = contextlib.nullcontext()
             if d.world > 1 and k < len(micro) - 1:
                 sync = self.loss_module.no_sync()
             with sync, self._autocast():
-                loss = self.loss_module(x0, sigma, noise, cond).mean()
+                loss = self.loss_module(x0, level, x_t, cond).mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at step {self.step}: training stopped and the last good "

@@ -22,6 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..config import Config
+from ..types import DataInfo
 from ..utils import atomic_write_bytes
 
 MODEL_FILE = "model.safetensors"
@@ -30,13 +31,13 @@ CONFIG_FILE = "config.json"
 FORMAT = 1
 
 
-def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], config: Config, data_info: dict) -> None:
+def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], config: Config, data_info: DataInfo) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    meta = {"format": str(FORMAT), "config": config.to_json(), "data_info": json.dumps(data_info)}
+    meta = {"format": str(FORMAT), "config": config.to_json(), "data_info": json.dumps(data_info.to_dict())}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
-def load_model(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, dict]:
+def load_model(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, DataInfo]:
     """(state_dict, config, data_info) from a model export; a clear error if it is not one."""
     path = Path(path)
     if not path.is_file():
@@ -50,7 +51,8 @@ def load_model(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, dict]
         raise ValueError(f"{str(path)!r} is not a readable safetensors file ({e}); it may be truncated") from None
     if "config" not in meta:
         raise ValueError(f"{str(path)!r} has no unblur config in its metadata: it was not written by unblur")
-    return tensors, Config.from_dict(json.loads(meta["config"])), json.loads(meta.get("data_info", "{}"))
+    info = DataInfo.from_dict(json.loads(meta.get("data_info", "{}")))
+    return tensors, Config.from_dict(json.loads(meta["config"])), info
 
 
 def save_train_state(path: str | Path, state: dict[str, Any]) -> None:

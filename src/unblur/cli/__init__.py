@@ -1,0 +1,66 @@
+"""The ``unblur`` command: one module per command family, each with ``add_parser(sub)`` and a
+``run_*(args)`` per command; they parse, validate and call the library (``unblur.runs``).
+
+``main`` turns every expected failure (a bad value, a missing or unreadable file, an
+unsupported combination, no space or memory left) into one line on stderr and a non-zero exit;
+a traceback appears only for a real bug, with a line asking to report it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+import traceback
+
+from .. import __version__
+from . import evaluate, info, restore, sample, show, train
+
+COMMANDS = (train, sample, info, evaluate, show, restore)  # each adds its sub-commands, in this order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unblur", description="Diffusion models: train, sample, inspect.")
+    p.add_argument("--version", action="version", version=f"unblur {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return p
+
+
+def _os_message(e: OSError) -> str:
+    where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the device{where}: free some space or write elsewhere (--out)"
+    if isinstance(e, PermissionError):
+        return f"permission denied{where}: choose a folder you can write to, or fix its permissions"
+    if isinstance(e, FileNotFoundError):
+        return f"no such file or folder{where}"
+    return f"{e.strerror or e}{where}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prefix = f"unblur {args.command}: error:"
+    try:
+        return args.fn(args)
+    except ValueError as e:  # a bad value, file or combination: the message says what to do
+        print(f"{prefix} {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{prefix} {_os_message(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{prefix} out of memory: use a smaller --batch, data.size or model", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"unblur {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: show it, and ask for a report
+        traceback.print_exc()
+        print(f"{prefix} this is a bug in unblur {__version__}; please report it with the command line and the "
+              "traceback above", file=sys.stderr)
+        return 3
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,95 @@
+"""What several commands share: config arguments, positive-number checks, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..config import Config
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.toml", help="a TOML file with [data], [model], [train], ... sections")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one config key, e.g. --set train.lr=2e-4 (repeatable)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 and negatives are refused, never read as "not given")."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def resolve_config(args) -> Config:
+    """The run's config: defaults, then --config, then --set, then the command's own options;
+    every process option is checked here, so ``--dry-run`` catches a bad one."""
+    from ..config import apply_overrides, load_toml, parse_set
+    from ..processes.cold import check_process_config
+
+    cfg = Config()
+    if args.config:
+        cfg = apply_overrides(cfg, load_toml(args.config))
+    over = parse_set(args.set)
+    if getattr(args, "data", None):
+        over["data.source"] = args.data
+    if getattr(args, "steps", None) is not None:
+        over["train.steps"] = args.steps
+    if getattr(args, "minutes", None) is not None:
+        over["train.minutes"] = args.minutes
+        if getattr(args, "steps", None) is None:
+            over["train.steps"] = 10**9  # the clock decides
+    if getattr(args, "device", None):
+        over["train.device"] = args.device
+    if getattr(args, "process", None):
+        over["process.kind"] = args.process
+    if getattr(args, "blend_data", None):
+        over["process.blend_data"] = args.blend_data
+    cfg = apply_overrides(cfg, over)
+    check_process_config(cfg.process)
+    return cfg
+
+
+def progress_factory(enabled: bool = True):
+    """``progress(desc, total) -> update(k)``: a tqdm bar that closes itself when full."""
+    from tqdm import tqdm
+
+    def progress(desc: str, total: int):
+        bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, disable=not enabled)
+        done = [0]
+
+        def update(k: int) -> None:
+            bar.update(k)
+            done[0] += k
+            if done[0] >= total:
+                bar.close()
+
+        return update
+
+    return progress

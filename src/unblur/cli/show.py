@@ -1,0 +1,129 @@
+"""``unblur show``: pictures of the forward process, sampling trajectories, the 2-D toy figure
+and training curves (the pictures themselves are made by ``unblur.show``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..images import save_png
+from .common import positive_int
+
+
+def add_parser(sub) -> None:
+    from ..show import DEGRADATIONS
+
+    p = sub.add_parser("show", help="pictures: forward | trajectory | toy | curves (PNG and GIF)")
+    p.add_argument("what", choices=["forward", "trajectory", "toy", "curves"])
+    p.add_argument("run", nargs="?", help="run folder (needed by trajectory, toy and curves)")
+    p.add_argument("--data", help="forward/toy: data to draw (default: the run's, or builtin:digits)")
+    p.add_argument("--process", default="vp", help="forward without a run: " + " | ".join(sorted(DEGRADATIONS)))
+    p.add_argument("--size", type=positive_int, help="forward: resize the images")
+    p.add_argument("--n", type=positive_int, default=4, help="images (rows)")
+    p.add_argument("--levels", type=int, default=8, help="columns: levels of t (forward) or steps shown (trajectory)")
+    p.add_argument("--points", type=positive_int, default=2000, help="toy: points drawn")
+    p.add_argument("--sampler", help="trajectory/toy: sampler (default: the run's)")
+    p.add_argument("--steps", type=positive_int, help="trajectory/toy: sampler steps (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="PNG path (a GIF is written beside it)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=run_show)
+
+
+def _out(args, default: str) -> Path:
+    out = Path(args.out or default)
+    if out.suffix.lower() not in (".png",):
+        raise ValueError(f"--out must end in .png (a .gif is written beside it where there is one), got {out}")
+    return out
+
+
+def run_show(args) -> int:
+    from .. import show
+
+    if args.what == "forward":
+        return _forward(args)
+    if not args.run:
+        raise ValueError(f"show {args.what} needs a run folder: unblur show {args.what} RUN")
+    if args.what == "curves":
+        records = show.read_metrics(args.run)
+        out = _out(args, str(Path(args.run) / "curves.png"))
+        save_png(show.curves_figure(records, title=f"{args.run}: {len(records)} records"), out)
+        print(f"wrote {out} ({len(records)} records)")
+        return 0
+
+    from ..runs import Run
+
+    run = Run.load(args.run, device=args.device)
+    plan = run.plan(args.sampler, args.steps)
+    if args.what == "trajectory":
+        if not run.is_image:
+            raise ValueError("show trajectory draws images; for a 2-D model use `unblur show toy`")
+        if args.levels < 2:
+            raise ValueError(f"--levels must be >= 2, got {args.levels}")
+        infos, _ = show.record_trajectory(run, plan, n=args.n, seed=args.seed)
+        strip, frames = show.trajectory_pictures(infos, columns=args.levels)
+        out = _out(args, str(Path(args.run) / "trajectory.png"))
+        save_png(strip, out)
+        show.save_gif(frames, out.with_suffix(".gif"), ms=150)
+        print(f"wrote {out} and {out.with_suffix('.gif')} ({plan.sampler}, {plan.steps} steps, {args.n} samples)")
+        return 0
+    # toy
+    if run.data.kind != "vector" or tuple(run.data.shape) != (2,):
+        raise ValueError(f"show toy needs a model of 2-D points; this run makes {run.data.kind} data of shape "
+                         f"{tuple(run.data.shape)}")
+    from ..data import load_data
+
+    data = load_data(args.data or run.config.data.source, n=args.points, seed=args.seed)
+    infos, samples = show.record_trajectory(run, plan, n=args.points, seed=args.seed)
+    img = show.toy_figure(run.sampling_denoiser(), run.process, data.x, samples, device=run.device, seed=args.seed)
+    out = _out(args, str(Path(args.run) / "toy.png"))
+    save_png(img, out)
+    lim = float(np.percentile(data.x.abs().numpy(), 99.5)) * 1.25
+    show.save_gif(show.toy_frames(infos, lim), out.with_suffix(".gif"), ms=150)
+    print(f"wrote {out} and {out.with_suffix('.gif')} ({plan.sampler}, {plan.steps} steps, {args.points} points)")
+    return 0
+
+
+def _forward(args) -> int:
+    """The forward strip of a run's own process (Gaussian or cold) or of a named one."""
+    from .. import show
+    from ..data import load_data
+    from ..utils import resolve_device
+
+    device = resolve_device(args.device)
+    if args.run:
+        from ..runs import Run
+
+        run = Run.load(args.run, device="cpu")
+        degrade = show.process_degrade(run.process, seed=args.seed)
+        source = args.data or run.config.data.source
+        name = f"the run's {run.process!r}"
+        device = torch.device("cpu")
+    else:
+        degrade = show.get_degrade(args.process, device)
+        source = args.data or "builtin:digits"
+        name = args.process
+    if args.levels < 2:
+        raise ValueError(f"--levels must be >= 2, got {args.levels}")
+    if args.run and not args.data and args.size is None:
+        from ..training.trainer import load_training_data
+
+        data = load_training_data(run.config)  # the run's own data, as it was trained
+    else:
+        data = load_data(source, size=args.size)
+    if data.kind != "image":
+        raise ValueError(f"show forward draws images; {source!r} holds vectors (use `unblur show toy` for 2-D data)")
+    x0 = data.x[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.n]]
+    if args.run and tuple(x0.shape[1:]) != tuple(run.data.shape):
+        raise ValueError(f"the run degrades images of shape {tuple(run.data.shape)}, but {source!r} holds "
+                         f"{tuple(x0.shape[1:])}: give --data with images of the run's size, or --size")
+    ts = np.linspace(0.0, 1.0, args.levels).tolist()
+    img = show.forward_strip(x0.to(device), degrade, ts)
+    out = _out(args, "forward.png")
+    save_png(img, out)
+    frames = [show.forward_frame(x0.to(device), degrade, t) for t in np.linspace(0, 1, 30).tolist()]
+    show.save_gif(frames, out.with_suffix(".gif"), ms=100)
+    print(f"wrote {out} and {out.with_suffix('.gif')} ({name}, {len(ts)} levels of t)")
+    return 0
