@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unblur.eval.restoration import psnr, ssim
 from unblur.analytic import fit_gmm
+from unblur.eval.restoration import psnr, ssim
 from unblur.processes.cold import COLD_PROCESSES, ColdProcess
 from unblur.processes.degradations.blur import blur_matrix
 from unblur.processes.gaussian import EDMProcess
@@ -317,3 +317,26 @@ def test_restoration_metrics_need_a_cold_process():
 
     with pytest.raises(ValueError, match="cold-diffusion run"):
         restoration_report(lambda x, s, c: x, EDMProcess(), torch.zeros(2, 1, 8, 8), EvalSettings(), ("psnr",))
+
+
+def test_cold_precond_reads_the_coefficient_table_and_trains_on_the_restored_image():
+    from unblur.precond import ColdPrecond, coefficients
+    from unblur.training.cold import ColdLossModule
+    from unblur.utils import mean_flat
+
+    class Net(torch.nn.Module):  # F(x, c_noise) = 0.1 x + c_noise / 1000, to see every coefficient
+        def forward(self, x, c_noise, cond=None):
+            return 0.1 * x + c_noise[:, None, None, None] / 1000
+
+    x, x0 = images(3, (1, 6, 5)), images(3, (1, 6, 5), seed=1)
+    t = torch.tensor([0.0, 0.4, 1.0])
+    blur = ColdPrecond(Net(), ColdProcess("blur"))
+    assert torch.allclose(blur(x, t), x + 0.1 * x + t[:, None, None, None])  # residual: c_skip = c_out = c_in = 1
+    noise = ColdPrecond(Net(), ColdProcess("noise", noise_sigma_max=2.0))
+    s = 2.0 * t  # the EDM row at sigma(t), sigma_data = 0.5
+    c_skip, c_out, c_in = (c[:, None, None, None] for c in coefficients("edm", s, 0.5))
+    assert torch.allclose(noise(x, t), c_skip * x + c_out * (0.1 * c_in * x + t[:, None, None, None]))
+    assert torch.equal(noise(x, 0.5), noise(x, torch.full((3,), 0.5)))
+    # The generic loss mean_flat(|raw - target|) is the restoration loss || D(x_t, t) - x0 ||_1.
+    assert torch.equal(blur.raw(x, t), blur(x, t)) and torch.equal(blur.target(x0, x, t), x0)
+    assert torch.equal(ColdLossModule(blur)(x0, t, x), mean_flat((blur.raw(x, t) - blur.target(x0, x, t)).abs()))

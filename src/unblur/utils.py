@@ -67,22 +67,7 @@ def randn(
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Standard normal noise of ``shape`` from one generator or one per sample (see randn_like)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return _draw(tuple(shape), generator, device, dtype)
-    gens = list(generator)
-    if len(gens) != shape[0]:
-        raise ValueError(
-            f"got {len(gens)} generators for a batch of {shape[0]}: give one per sample or one in all"
-        )
-    return torch.cat([_draw((1, *shape[1:]), g, device, dtype) for g in gens])
-
-
-def _draw(shape, generator, device, dtype) -> Tensor:
-    # Draw on the generator's own device, then move: a CPU generator gives the same numbers
-    # whatever device the sample lives on.
-    gen_device = generator.device if generator is not None else device
-    out = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype or torch.float32)
-    return out.to(device) if device is not None else out
+    return _per_sample(torch.randn, shape, generator, device, dtype)
 
 
 def rand(
@@ -93,18 +78,27 @@ def rand(
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Uniform [0, 1) numbers of ``shape``, from one generator or one per sample."""
+    return _per_sample(torch.rand, shape, generator, device, dtype)
 
-    def draw(s, g):
-        gen_device = g.device if g is not None else device
-        out = torch.rand(s, generator=g, device=gen_device, dtype=dtype or torch.float32)
-        return out.to(device) if device is not None else out
 
+def _per_sample(fn, shape: Sequence[int], generator: Generator, device, dtype) -> Tensor:
+    """``fn(shape)`` from one generator, or row i from ``generator[i]`` when given one per sample."""
     if generator is None or isinstance(generator, torch.Generator):
-        return draw(tuple(shape), generator)
+        return _draw(fn, tuple(shape), generator, device, dtype)
     gens = list(generator)
     if len(gens) != shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}")
-    return torch.cat([draw((1, *shape[1:]), g) for g in gens])
+        raise ValueError(
+            f"got {len(gens)} generators for a batch of {shape[0]}: give one per sample or one in all"
+        )
+    return torch.cat([_draw(fn, (1, *shape[1:]), g, device, dtype) for g in gens])
+
+
+def _draw(fn, shape, generator, device, dtype) -> Tensor:
+    # Draw on the generator's own device, then move: a CPU generator gives the same numbers
+    # whatever device the sample lives on.
+    gen_device = generator.device if generator is not None else device
+    out = fn(shape, generator=generator, device=gen_device, dtype=dtype or torch.float32)
+    return out.to(device) if device is not None else out
 
 
 def seeded_generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list:

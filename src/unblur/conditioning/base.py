@@ -154,6 +154,6 @@ class Kind:
         return self.requests(cfg, info, device, asked, run=run)
 
     def requests(self, cfg: Config, info, device: torch.device, asked: dict[str, Any], *,
-                 run: str) -> Requests:
-        """Parse and check ``asked`` for a run that has the kind."""
+                 run: str) -> Requests | None:
+        """Parse and check ``asked`` for a run that has the kind (None: nothing to add)."""
         raise NotImplementedError

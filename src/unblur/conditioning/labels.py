@@ -41,8 +41,6 @@ class LabelItems(Items):
 class ClassRequests(Requests):
     """Classes asked for by name or index; a class-conditional run given none draws them in turn."""
 
-    guides = True
-
     def __init__(self, names: list[str], classes: list[int]) -> None:
         self.class_names, self.num_classes, self.choices = names, len(names), classes
         self.conditional = self.guides = self.num_classes > 0

@@ -221,6 +221,21 @@ class Trainer:
         if start:
             self.data_info = replace(self.data_info, cold_start=start)
             self.process = build_process(cfg, self.data_info)
+        self._build_model()
+        self.step, self.nimg = 0, 0
+        if state is not None:
+            self.net.load_state_dict(state["net"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.nimg = int(state["step"]), int(state["nimg"])
+            torch.set_rng_state(state["rng_cpu"])
+        self.progress = progress and self.dist.main
+        self.x_all = self.data.x.to(self.device)
+        self._tb = None
+
+    def _build_model(self) -> None:
+        """The network, its EMA copy, the loss module (compiled, distributed) and the optimizer."""
+        cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(_mix(t.seed, 0xC0FFEE))
         net = build_net(cfg, self.data_info).to(self.device)
         wants_cl = self.device.type == "cuda" if t.channels_last is None else t.channels_last
@@ -245,16 +260,6 @@ class Trainer:
                                      foreach=True)
         self._net_params = [p.detach() for p in net.parameters()]
         self._ema_params = list(self.ema.parameters())
-        self.step, self.nimg = 0, 0
-        if state is not None:
-            net.load_state_dict(state["net"])
-            self.ema.load_state_dict(state["ema"])
-            self.opt.load_state_dict(state["opt"])
-            self.step, self.nimg = int(state["step"]), int(state["nimg"])
-            torch.set_rng_state(state["rng_cpu"])
-        self.progress = progress and self.dist.main
-        self.x_all = self.data.x.to(self.device)
-        self._tb = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _barrier(self):

@@ -32,9 +32,10 @@ def blur_matrix(sigma: Tensor, n: int) -> Tensor:
     # Beyond a width of 4n the kernel wrapped onto one period is uniform to within exp(-80).
     flat = sigma > 4 * n
     s = torch.where(flat, torch.ones_like(sigma), sigma)
-    radius = int(math.ceil(4 * float(s.max()))) + 1
-    d = torch.arange(-radius, radius + 1, device=sigma.device)  # (K,)
+    radius = (4 * s).ceil() + 1  # (B,) each width's own support, so that a row does not depend on its batch
+    d = torch.arange(-int(radius.max()), int(radius.max()) + 1, device=sigma.device)  # (K,)
     g = torch.exp(-0.5 * (d[None].to(s.dtype) / s[:, None]) ** 2)  # (B, K)
+    g = torch.where(d[None].abs() <= radius[:, None], g, torch.zeros_like(g))
     g = g / g.sum(1, keepdim=True)
     wrapped = torch.zeros(len(sigma), period, dtype=s.dtype, device=sigma.device)
     wrapped.scatter_add_(1, (d % period)[None].expand(len(sigma), -1), g)  # weight of each offset mod 2n
