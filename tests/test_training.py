@@ -13,8 +13,8 @@ import torch
 
 from unblur.cli import main
 from unblur.config import Config, apply_overrides
-from unblur.training import TrainingDiverged, train
 from unblur.runs.checkpoint import load_model, load_train_state
+from unblur.training import TrainingDiverged, train
 
 TINY_UNET = {
     "data.source": "builtin:digits",

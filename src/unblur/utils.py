@@ -59,6 +59,7 @@ def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
     return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+# randn and rand share their signature on purpose (torch.randn / torch.rand); the body is _per_sample.
 def randn(
     shape: Sequence[int],
     *,

@@ -13,6 +13,7 @@ from .common import add_config_args, positive_int
 
 
 def add_parser(sub) -> None:
+    # Argument declarations look alike across commands (same shape, other names): kept as plain argparse.
     r = sub.add_parser("restore", help="restore degraded images with a cold-diffusion run")
     r.add_argument("run", help="run folder of a cold-diffusion model (unblur train --process blur, ...)")
     r.add_argument("--input", required=True, help="an image or a folder of images (searched recursively)")
@@ -21,7 +22,8 @@ def add_parser(sub) -> None:
     r.add_argument("--estimate-level", action="store_true",
                    help="estimate each image's level (the default when --level is not given)")
     r.add_argument("--reference", help="folder of the clean images (same relative paths): report PSNR and SSIM")
-    r.add_argument("--sampler", help="cold (default) | cold-naive | one-shot")
+    r.add_argument("--sampler", help="cold | cold-naive | one-shot (default: the degradation's: one-shot for "
+                   "jpeg, cold for the others)")
     r.add_argument("--steps", type=positive_int, help="sampler steps for a level of 1 (default: the run's)")
     r.add_argument("--batch", type=positive_int, default=64, help="images per forward pass")
     r.add_argument("--seed", type=int, default=0)
@@ -95,7 +97,7 @@ def run_restore(args) -> int:
     if ref_root is not None and not ref_root.is_dir():
         raise ValueError(f"--reference {str(ref_root)!r} is not a folder of clean images")
     out = Path(args.out)
-    sampler = args.sampler or "cold"
+    sampler = args.sampler or run.process.restore_sampler
     steps = args.steps or run.config.sample.steps
     records = []
     bar = tqdm(total=len(files), unit="img", desc=f"restore {run.process.kind}")

@@ -9,6 +9,7 @@ from .common import add_config_args, nonnegative_float, positive_float, positive
 
 
 def add_parser(sub) -> None:
+    # Argument declarations look alike across commands (same shape, other names): kept as plain argparse.
     t = sub.add_parser("train", help="train a model on images or vectors")
     t.add_argument("--data", help="folder | FILE.npy | builtin:digits | builtin:toy2d:NAME")
     t.add_argument("--out", required=True, help="run folder to write")

@@ -22,6 +22,7 @@ from .base import Data, as_size, check_channels, resize_center_crop, to_channels
 _RANGE_TOL = 1e-3  # slack on the [0, 1] / [-1, 1] range checks of float images
 
 
+# The loaders share their keyword options on purpose (load_data forwards them by name).
 def load_npy(
     path: str | os.PathLike,
     *,

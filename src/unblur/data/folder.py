@@ -56,6 +56,7 @@ from .base import Data, DataWarning, as_size, check_channels
 _SHOW_BAD = 10  # bad files named in a warning or an error
 
 
+# The loaders share their keyword options on purpose (load_data forwards them by name).
 def load_folder(
     root: str | os.PathLike,
     *,

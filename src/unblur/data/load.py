@@ -16,6 +16,7 @@ from .shapes import load_shapes
 SPEC_HELP = "a folder of images, a .npy file, builtin:digits, builtin:shapes[:pairs] or builtin:toy2d:NAME"
 
 
+# The loaders share their keyword options on purpose (load_data forwards them by name).
 def load_data(
     spec: str | os.PathLike,
     *,

@@ -97,6 +97,7 @@ def vector_extractor(device: torch.device) -> FeatureExtractor:
 
 
 @torch.no_grad()
+# generate_samples, evaluate and sweep share keyword options on purpose (one settings vocabulary).
 def generate_samples(
     denoiser: Denoiser,
     process,

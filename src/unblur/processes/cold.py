@@ -89,6 +89,11 @@ def _fields(cls: type[Degradation], options: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, init=False)
+
+def _from_degradation(name: str, doc: str) -> property:
+    """A read-only property of ``ColdProcess`` answered by its degradation's class attribute."""
+    return property(lambda self: getattr(self.degradation, name), doc=doc)
+
 class ColdProcess:
     """A cold-diffusion forward process: one degradation, ``degrade(x0, t)`` and the start of generation.
 
@@ -142,30 +147,17 @@ class ColdProcess:
         raise AttributeError(f"the {self.kind} process has no attribute {name!r}")
 
     # -- what callers dispatch on ---------------------------------------------------------------
-    @property
-    def stochastic(self) -> bool:
-        """Whether ``degrade`` draws a random layer (snow, blend, noise)."""
-        return self.degradation.stochastic
-
-    @property
-    def layer_linear(self) -> bool:
-        """Whether ``layer_of`` recovers the layer from x_t and x0_hat (blend, noise)."""
-        return self.degradation.layer_linear
-
-    @property
-    def can_generate(self) -> bool:
-        """Whether there is an image-free start at t = 1 (blur, mask, blend, noise)."""
-        return self.degradation.can_generate
-
-    @property
-    def level_estimable(self) -> bool:
-        """Whether a degraded image's level can be estimated by re-degrading (not noise, blend)."""
-        return self.degradation.level_estimable
-
-    @property
-    def prediction(self) -> str:
-        """The row of ``unblur.precond.coefficients`` a restorer over this process uses."""
-        return self.degradation.prediction
+    stochastic = _from_degradation("stochastic", "Whether ``degrade`` draws a random layer (snow, blend, noise).")
+    layer_linear = _from_degradation(
+        "layer_linear", "Whether ``layer_of`` recovers the layer from x_t and x0_hat (blend, noise).")
+    can_generate = _from_degradation(
+        "can_generate", "Whether there is an image-free start at t = 1 (blur, mask, blend, noise).")
+    level_estimable = _from_degradation(
+        "level_estimable", "Whether a degraded image's level can be estimated by re-degrading (not noise, blend).")
+    restore_sampler = _from_degradation(
+        "restore_sampler", "How ``unblur restore`` restores by default: cold (the walk) or one-shot.")
+    prediction = _from_degradation(
+        "prediction", "The row of ``unblur.precond.coefficients`` a restorer over this process uses.")
 
     def precond_sigma(self, t: Tensor) -> Tensor:
         """The noise level at which the restorer's coefficients are read at level t (B,)."""

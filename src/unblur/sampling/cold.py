@@ -28,7 +28,7 @@ COLD_SAMPLERS = ("cold", "cold-naive")  # = ColdProcess.samplers
 
 def _walk(restorer: Denoiser, x: Tensor, grid: Tensor, process: ColdProcess, cond: Cond, generator: Generator,
           callback: Callback | None, improved: bool) -> Tensor:
-    if not isinstance(process, ColdProcess):
+    if not hasattr(process, "degrade"):
         raise ValueError(f"the cold samplers need a cold process (blur, mask, ...), got {process!r}: "
                          "use a Gaussian sampler such as dpmpp-2m")
     g = check_grid(grid)
@@ -89,7 +89,7 @@ def generate_cold(restorer: Denoiser, shape: tuple[int, ...], *, process: ColdPr
         from ..utils import choice_error
 
         raise choice_error("sampler for a cold process", sampler, COLD_SAMPLER_FNS)
-    if not isinstance(process, ColdProcess):
+    if not hasattr(process, "degrade"):
         raise ValueError(f"the {sampler} sampler needs a cold process (blur, mask, ...), got {process!r}")
     x = process.start(shape, generator, device=device, dtype=dtype, start_noise=start_noise)
     return COLD_SAMPLER_FNS[sampler](restorer, x, level_grid(1.0, steps), process=process, cond=cond,

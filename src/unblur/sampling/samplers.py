@@ -7,6 +7,10 @@ All share one signature::
 ``x`` is the start in VE scale (``x = x0 + sigma * n`` at ``grid[0]``), ``grid`` a 1-D
 tensor of decreasing noise levels ending at 0, ``generator`` one ``torch.Generator`` or one
 per sample. No state survives a call: the history a multistep method needs is a local.
+
+The signature and the loop head repeat in every sampler on purpose (a duplicate finder lists
+them as same-shape runs): each sampler reads top to bottom as its paper's algorithm, as in
+k-diffusion, and the algebra they share lives in named helpers (``_levels``, ``_denoise``).
 """
 
 from __future__ import annotations

@@ -337,10 +337,10 @@ class Trainer:
                 x = run.generate(n, plan=plan, cond=cond, uncond=uncond, guidance=self.conditioner.guidance,
                                  generator=gens)
             else:
-                x, _ = run.restore(self.process.degrade(x0, 1.0), 1.0, sampler=plan.sampler, steps=plan.steps)
+                x, _ = run.restore(self.process.degrade(x0, 1.0), 1.0, steps=plan.steps)
             if self.process.restores:
                 metrics = restoration_metrics(run.sampling_denoiser(), self.process, x0, level=1.0,
-                                              steps=plan.steps, sampler=plan.sampler)
+                                              steps=plan.steps, sampler=self.process.restore_sampler)
                 if metrics:
                     self._log({"step": self.step, **metrics})
         path = self.out / "samples" / f"step-{self.step:08d}.png"

@@ -20,6 +20,7 @@ class Jpeg(Degradation):
     Deterministic, one or three channels, any size; no image-free start."""
 
     name = "jpeg"
+    restore_sampler = "one-shot"  # see Degradation: the cold walk adds JPEG artefacts at every step
 
     def check_shape(self, shape: tuple[int, ...], *, for_model: bool) -> None:
         if shape[0] not in (1, 3):
