@@ -168,7 +168,7 @@ def test_sigkill_at_random_moments_leaves_a_usable_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_zero(tmp_path):
+def test_sigterm_saves_and_exits_143(tmp_path):
     run = tmp_path / "run"
     sets = []
     for k, v in TINY_UNET.items():
@@ -180,7 +180,7 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
         time.sleep(0.05)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # saved, but not finished: a scheduler can tell
     assert b"stopped by signal" in proc.stdout.read()
     assert load_train_state(run / "train_state.pt")["step"] > 0
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -114,7 +117,8 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "dpmpp-2m"  # a name from unblur.sampling.SAMPLERS
     steps: int = 20  # sampler steps
-    grid: str = "auto"  # auto (vp: trailing; else karras) | karras | logsnr | leading | trailing | linspace | ddim
+    # auto (vp: trailing; else karras) | karras | logsnr | leading | trailing | linspace | ddim | full
+    grid: str = "auto"
     clip: bool = True  # clamp x0_hat to the data range [-1, 1] (images only)
     grid_n: int = 64  # images in the periodic training grids
 
@@ -167,19 +171,24 @@ def _nearest(word: str, options) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
+def _show(key: str) -> str:
+    """A key as typed when it is printable, else quoted, so an error stays one line."""
+    return key if key.isprintable() else repr(key)
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Convert a TOML value or a --set string to the field's type, strictly."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], key)
     if origin is tuple:
         if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]
         elem = args[0]
@@ -190,33 +199,43 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
             return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+        if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
             return False
         raise ValueError(f"{key} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass  # "1e3" and "2.0" are integers too
+        number = None if isinstance(value, bool) else _as_float(value)
+        if number is None or not math.isfinite(number) or number != int(number):
             raise ValueError(f"{key} must be an integer, got {value!r}")
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be an integer, got {value!r}") from None
-        if f != int(f):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
-        return int(f)
+        return int(number)
     if tp is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
+        number = None if isinstance(value, bool) else _as_float(value)
+        if number is None:
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return number
     if tp is str:
+        if isinstance(value, (list, tuple, dict)):
+            raise ValueError(f"{key} must be a single value, got {value!r}")
         return str(value)
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """A new Config with ``{"section": {"key": value}}`` or ``{"section.key": value}`` applied."""
+    """A new Config with ``{"section": {"key": value}}`` or ``{"section.key": value}`` applied,
+    then checked as a whole (`validate`)."""
     nested: dict[str, dict[str, Any]] = {}
     for k, v in overrides.items():
         if isinstance(v, dict):
@@ -241,34 +260,196 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             if key not in hints:
                 valid = [f"{sec}.{h}" for h in hints]
                 raise ValueError(
-                    f"unknown config key {sec}.{key}{_nearest(f'{sec}.{key}', valid)}; "
+                    f"unknown config key {_show(f'{sec}.{key}')}{_nearest(f'{sec}.{key}', valid)}; "
                     f"keys of [{sec}]: {', '.join(hints)}"
                 )
             changes[key] = _convert(value, hints[key], f"{sec}.{key}")
         new[sec] = dataclasses.replace(current, **changes)
-    return dataclasses.replace(cfg, **new)
+    cfg = dataclasses.replace(cfg, **new)
+    validate(cfg)
+    return cfg
+
+
+# -- what each value must be -----------------------------------------------------------------
+# config.py imports nothing above it, so the names it accepts are kept here; tests/test_config.py
+# checks that each tuple equals the registry it copies (sampling.SAMPLERS, grids.GRIDS, ...).
+MODEL_KINDS = ("auto", "unet", "mlp")  # runs.build.MODELS
+GAUSSIAN_PROCESSES = ("edm", "vp")
+COLD_PROCESSES = ("blur", "pixelate", "mask", "desaturate", "snow", "blend", "noise", "jpeg")  # DEGRADATIONS
+SCHEDULES = ("linear", "scaled-linear", "cosine", "sigmoid")  # processes.gaussian.SCHEDULES
+SAMPLERS = ("ddpm", "ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-2m-sde", "pc-langevin",
+            "cold", "cold-naive")  # sampling.SAMPLERS
+GRIDS = ("auto", "karras", "logsnr", "leading", "trailing", "linspace", "ddim", "full")  # "auto" + grids.GRIDS
+# The options of the cold degradations: checked, with the kind that reads them, by
+# processes.cold.check_process_config (here only that their numbers are finite).
+COLD_OPTIONS = ("blur_sigma_max", "blur_schedule", "pixelate_min", "mask_kind", "mask_fill", "mask_patch",
+                "fade_width", "snow_density", "snow_flake", "noise_sigma_max", "cold_seed", "blend_data",
+                "blur_start", "start_noise")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value must be: ``ok(value)`` and the words for it; ``choices`` for a name."""
+
+    ok: Callable[[Any], bool]
+    want: str
+    choices: tuple = ()
+
+
+def _at_least(lo: float) -> Rule:
+    return Rule(lambda v: v >= lo, f">= {lo}")
+
+
+def _above(lo: float) -> Rule:
+    return Rule(lambda v: v > lo, f"> {lo}")
+
+
+def _within(lo: float, hi: float, *, below_hi: bool = False) -> Rule:
+    return Rule(lambda v: lo <= v < hi if below_hi else lo <= v <= hi, f"in [{lo}, {hi}{')' if below_hi else ']'}")
+
+
+def _one_of(*choices: Any) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + " | ".join(map(str, choices)), choices)
+
+
+def _each(rule: Rule, *, lengths: range = range(1, 1 << 16), what: str = "one or more values") -> Rule:
+    """A tuple of ``len in lengths`` whose every entry passes ``rule``."""
+    return Rule(lambda v: len(v) in lengths and all(rule.ok(x) for x in v), f"{what}, each {rule.want}")
+
+
+def _nonempty(what: str) -> Rule:
+    return Rule(lambda v: bool(v.strip()) and v.isprintable(), what)
+
+
+_SEED = _within(0, 2**63, below_hi=True)
+_DEVICE = Rule(lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "auto | cpu | cuda | cuda:N | mps")
+
+# "section.key" -> its rule. None passes where the field's type allows it (its comment says what
+# None means); every float must also be finite. Fields absent here are booleans, COLD_OPTIONS,
+# or free text checked where it is used (data.source, cond.text_encoder).
+RULES: dict[str, Rule] = {
+    "data.source": _nonempty("a folder, FILE.npy or builtin:NAME"),
+    "data.size": _each(_at_least(1), lengths=range(1, 3), what="S or H,W"),
+    "data.channels": _one_of(1, 3),
+    "data.shift": _at_least(0),
+    "data.max_bad_fraction": _within(0, 1),
+    "data.num_points": _at_least(1),
+    "data.num_images": _at_least(1),
+    "model.kind": _one_of(*MODEL_KINDS),
+    "model.base_channels": _at_least(1),
+    "model.channel_mult": _each(_at_least(1), what="one or more multipliers (e.g. 1,2,2)"),
+    "model.num_res_blocks": _at_least(1),
+    "model.attn_resolutions": _each(_at_least(1), lengths=range(0, 1 << 16), what="factors (e.g. 2,4)"),
+    "model.dropout": _within(0, 1, below_hi=True),
+    "model.hidden": _at_least(1),
+    "model.depth": _at_least(1),
+    "process.kind": _one_of(*GAUSSIAN_PROCESSES, *COLD_PROCESSES),
+    "process.schedule": _one_of(*SCHEDULES),
+    "process.num_steps": _at_least(2),
+    "process.sigma_min": _above(0),
+    "process.sigma_max": _above(0),
+    "process.sigma_data": _above(0),
+    "objective.prediction": _one_of("eps", "x0", "v"),
+    "objective.loss": _one_of("l2", "l1"),
+    "objective.weighting": _one_of("none", "min-snr"),
+    "objective.min_snr_gamma": _above(0),
+    "objective.p_mean": Rule(lambda v: True, "a number"),
+    "objective.p_std": _above(0),
+    "objective.restore_loss": _one_of("l1", "l2"),
+    "train.steps": _at_least(1),
+    "train.minutes": _above(0),
+    "train.batch_size": _at_least(1),
+    "train.grad_accum": _at_least(1),
+    "train.lr": _above(0),
+    "train.weight_decay": _at_least(0),
+    "train.betas": _each(_within(0, 1, below_hi=True), lengths=range(2, 3), what="two betas"),
+    "train.warmup_steps": _at_least(0),
+    "train.lr_schedule": _one_of("constant", "cosine"),
+    "train.grad_clip": _at_least(0),
+    "train.ema_halflife_kimg": _above(0),
+    "train.ema_rampup": _at_least(0),
+    "train.seed": _SEED,
+    "train.device": _DEVICE,
+    "train.log_every": _at_least(1),
+    "train.sample_every": _at_least(0),
+    "train.checkpoint_every": _at_least(0),
+    "train.keep_checkpoints": _at_least(0),
+    "train.threads": _at_least(1),
+    "sample.sampler": _one_of(*SAMPLERS),
+    "sample.steps": _at_least(1),
+    "sample.grid": _one_of(*GRIDS),
+    "sample.grid_n": _at_least(0),
+    "cond.text_encoder": _nonempty("none | minilm | learned | a folder or hub id of an encoder"),
+    "cond.image": _one_of("none", "superres"),
+    "cond.superres_factor": _at_least(1),
+    "cond.dropout": _within(0, 1),
+    "cond.max_tokens": _at_least(1),
+    "cond.cross_attn_resolutions": _each(_at_least(1), lengths=range(0, 1 << 16), what="factors (e.g. 2,4)"),
+    "cond.learned_dim": _at_least(1),
+    "cond.learned_layers": _at_least(1),
+    "cond.guidance": _at_least(0),
+}
+
+# Rules between fields of one section: (key reported, ok(section), what it must be).
+PAIR_RULES: dict[str, tuple[Callable[[Any], bool], Callable[[Any], str]]] = {
+    "process.sigma_max": (lambda p: p.sigma_max > p.sigma_min, lambda p: f"> process.sigma_min = {p.sigma_min}"),
+    "train.batch_size": (lambda t: t.batch_size % t.grad_accum == 0,
+                         lambda t: f"a multiple of train.grad_accum = {t.grad_accum}"),
+}
+
+
+def _refuse(key: str, value: Any, want: str, choices: tuple = ()) -> ValueError:
+    near = _nearest(value, [str(c) for c in choices]) if isinstance(value, str) and choices else ""
+    return ValueError(f"{key} must be {want}, got {value!r}{near}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value of ``cfg``: a ValueError naming the first bad key, its value and what
+    it must be. `apply_overrides` (and so `Config.from_dict`) calls it."""
+    for sec in SECTIONS:
+        section = getattr(cfg, sec)
+        for f in fields(section):
+            key, value = f"{sec}.{f.name}", getattr(section, f.name)
+            if value is None:
+                continue  # only where the type allows it: the parser makes None nowhere else
+            floats = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in floats):
+                raise _refuse(key, value, "finite (not nan or inf)")
+            rule = RULES.get(key)
+            if rule is not None and not rule.ok(value):
+                raise _refuse(key, value, rule.want, rule.choices)
+    for key, (ok, want) in PAIR_RULES.items():
+        sec, name = key.split(".")
+        section = getattr(cfg, sec)
+        if not ok(section):
+            raise _refuse(key, getattr(section, name), want(section))
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
     """``["train.lr=2e-4", ...]`` -> ``{"train.lr": "2e-4"}``."""
     out = {}
     for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects section.key=value, got {item!r}")
-        k, v = item.split("=", 1)
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"--set expects section.key=value (e.g. train.lr=2e-4), got {item!r}")
         out[k.strip()] = v.strip()
     return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """The sections of a TOML config file; a ValueError naming the file when it is missing, not
+    UTF-8 or not TOML."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ValueError(f"config file {str(path)!r} {what}")
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        reason = " ".join(str(e).split())
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {reason}") from None
 
 
 def describe() -> str:

@@ -247,11 +247,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.exists():
         raise ValueError(f"no metrics file {str(path)!r}: give a run folder written by `unblur train`")
     records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for i, line in enumerate(lines, 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
+                if i == len(lines):  # the last line, cut short by a kill during an append
+                    break
                 raise ValueError(f"{path}:{i} is not JSON: {e}") from None
     if not records:
         raise ValueError(f"{path} holds no records yet: train for at least log_every steps")

@@ -113,6 +113,7 @@ class DataInfo:
     class_names: tuple[str, ...] | None = None  # from class sub-folders, labels files or built-in sets
     text_dim: int | None = None  # width of the caption features the network was built for
     cold_start: dict | None = None  # a cold process's fitted start statistics
+    fingerprint: str | None = None  # a hash of the training tensor: resume refuses other data
 
     @property
     def is_image(self) -> bool:
@@ -125,6 +126,8 @@ class DataInfo:
             d["text_dim"] = self.text_dim
         if self.cold_start is not None:
             d["cold_start"] = self.cold_start
+        if self.fingerprint is not None:
+            d["fingerprint"] = self.fingerprint
         return d
 
     @classmethod
@@ -134,7 +137,8 @@ class DataInfo:
         names = d.get("class_names")
         return cls(kind=str(d["kind"]), shape=tuple(int(v) for v in d["shape"]), source=str(d.get("source", "")),
                    num_items=int(d.get("num_items", 0)), class_names=tuple(names) if names else None,
-                   text_dim=d.get("text_dim"), cold_start=d.get("cold_start") or None)
+                   text_dim=d.get("text_dim"), cold_start=d.get("cold_start") or None,
+                   fingerprint=d.get("fingerprint"))
 
     # Mapping-style reads (``info["shape"]``, ``info.get("class_names")``) for code written
     # against the plain dict a run's metadata holds.

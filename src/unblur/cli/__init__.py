@@ -51,16 +51,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix} {_os_message(e)}", file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"{prefix} out of memory: use a smaller --batch, data.size or model", file=sys.stderr)
+        print(f"{prefix} {OOM}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"unblur {args.command}: interrupted", file=sys.stderr)
+    except RuntimeError as e:  # PyTorch reports running out of memory as a RuntimeError
+        if not any(s in str(e) for s in ("out of memory", "can't allocate memory", "not enough memory")):
+            return _bug(prefix)
+        print(f"{prefix} {OOM} ({str(e).splitlines()[0][:200]})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"unblur {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - a bug: show it, and ask for a report
-        traceback.print_exc()
-        print(f"{prefix} this is a bug in unblur {__version__}; please report it with the command line and the "
-              "traceback above", file=sys.stderr)
-        return 3
+        return _bug(prefix)
+
+
+OOM = "out of memory: use a smaller --batch (or train.batch_size), data.size or model"
+
+
+def _bug(prefix: str) -> int:
+    traceback.print_exc()
+    print(f"{prefix} this is a bug in unblur {__version__}; please report it with the command line and the "
+          "traceback above", file=sys.stderr)
+    return 3
 
 
 __all__ = ["build_parser", "main"]

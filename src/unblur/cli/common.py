@@ -39,15 +39,18 @@ def nonnegative_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
-def resolve_config(args) -> Config:
-    """The run's config: defaults, then --config, then --set, then the command's own options;
-    every process option is checked here, so ``--dry-run`` catches a bad one."""
+def resolve_config(args) -> tuple[Config, set[str]]:
+    """The run's config (defaults, then --config, then --set, then the command's own options)
+    and the keys the user gave; every process option is checked here, so ``--dry-run`` catches
+    a bad one."""
     from ..config import apply_overrides, load_toml, parse_set
     from ..processes.cold import check_process_config
 
-    cfg = Config()
+    cfg, explicit = Config(), set()
     if args.config:
-        cfg = apply_overrides(cfg, load_toml(args.config))
+        toml = load_toml(args.config)
+        cfg = apply_overrides(cfg, toml)
+        explicit |= {f"{sec}.{k}" for sec, v in toml.items() if isinstance(v, dict) for k in v}
     over = parse_set(args.set)
     if getattr(args, "data", None):
         over["data.source"] = args.data
@@ -65,7 +68,7 @@ def resolve_config(args) -> Config:
         over["process.blend_data"] = args.blend_data
     cfg = apply_overrides(cfg, over)
     check_process_config(cfg.process)
-    return cfg
+    return cfg, explicit | set(over)
 
 
 def progress_factory(enabled: bool = True):

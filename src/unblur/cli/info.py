@@ -16,18 +16,16 @@ def run_info(args) -> int:
     import torch
 
     from ..nets import count_parameters, forward_flops
-    from ..runs import STATE_FILE, Run
+    from ..runs import MODEL_FILE, STATE_FILE, Run
+    from ..runs.checkpoint import model_step
 
     run = Run.load(args.run, device="cpu")
     info, net = run.data, run.net
     params = count_parameters(net, trainable_only=False)  # a loaded run has gradients off
     flops = forward_flops(net, torch.zeros(1, *info.shape), torch.zeros(1), None)
-    steps = "?"
-    metrics = Path(args.run) / "metrics.jsonl"
-    if metrics.exists():
-        lines = metrics.read_text().strip().splitlines()
-        if lines:
-            steps = json.loads(lines[-1])["step"]
+    steps = model_step(Path(args.run) / MODEL_FILE)
+    if steps is None:  # an export written before the step was recorded: the last whole metrics line
+        steps = _last_logged_step(Path(args.run) / "metrics.jsonl")
     print(f"run:        {args.run}")
     print(f"data:       {info.source} ({info.kind}, shape {tuple(info.shape)}, {info.num_items} items"
           + (f", {len(info.class_names)} classes" if info.class_names else "") + ")")
@@ -37,3 +35,14 @@ def run_info(args) -> int:
     print("config:")
     print(run.config.to_json())
     return 0
+
+
+def _last_logged_step(path: Path) -> int | str:
+    if not path.exists():
+        return "?"
+    for line in reversed(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill during an append
+    return "?"

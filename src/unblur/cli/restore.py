@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     r.add_argument("--batch", type=positive_int, default=64, help="images per forward pass")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto")
+    r.add_argument("--in-place", action="store_true", help="allow --out to be --input or in it (replaces inputs)")
     r.set_defaults(fn=run_restore)
 
     d = sub.add_parser("degrade", help="write degraded copies of images (cold-diffusion degradations)")
@@ -37,8 +38,21 @@ def add_parser(sub) -> None:
     d.add_argument("--out", required=True, help="output folder; each image keeps its relative path and name")
     d.add_argument("--blend-data", help="blend: the second data set whose images are mixed in")
     d.add_argument("--seed", type=int, default=0, help="random degradations: image i uses seed + i")
+    d.add_argument("--in-place", action="store_true", help="allow --out to be --input or in it (replaces inputs)")
     add_config_args(d)
     d.set_defaults(fn=run_degrade, config=None)
+
+
+def check_out(root: Path, files: list[Path], out: Path, in_place: bool) -> None:
+    """Refuse an --out that would overwrite the inputs (the folder itself, inside it, or one of the
+    files), unless --in-place says so."""
+    if in_place:
+        return
+    o, r = out.resolve(), root.resolve()
+    clash = o == r or r in o.parents or any((out / f.relative_to(root)).resolve() == f.resolve() for f in files)
+    if clash:
+        raise ValueError(f"--out {str(out)!r} would overwrite the images of --input (it is the input folder or lies "
+                         "inside it): choose another --out, or pass --in-place to replace the inputs")
 
 
 def _check_level(level: float | None) -> None:
@@ -53,6 +67,7 @@ def run_degrade(args) -> int:
     from ..images import list_images, read_image, write_image
     from ..processes.cold import COLD_PROCESSES
     from ..runs import build_process
+    from ..runs.lock import acquire
     from ..types import DataInfo
     from ..utils import choice_error
     from .common import resolve_config
@@ -60,9 +75,11 @@ def run_degrade(args) -> int:
     if args.process not in COLD_PROCESSES:
         raise choice_error("cold process", args.process, COLD_PROCESSES)
     _check_level(args.level)
-    cfg = resolve_config(args)
+    cfg, _ = resolve_config(args)
     root, files = list_images(args.input)
     out = Path(args.out)
+    check_out(root, files, out, args.in_place)
+    lock = acquire(out, "unblur degrade")
     processes: dict = {}
     for i, f in enumerate(tqdm(files, unit="img", desc=f"degrade {args.process} t={args.level}")):
         x = read_image(f, option="--input")[None]  # (1, C, H, W)
@@ -72,6 +89,7 @@ def run_degrade(args) -> int:
         proc = processes[shape]
         gen = torch.Generator().manual_seed(args.seed + i)
         write_image(proc.degrade(x, args.level, gen if proc.stochastic else None)[0], out / f.relative_to(root))
+    lock.release()
     print(f"wrote {len(files)} degraded images ({args.process}, level {args.level}) to {out}/")
     return 0
 
@@ -83,6 +101,7 @@ def run_restore(args) -> int:
 
     from ..images import list_images, read_image, write_image
     from ..runs import Run
+    from ..runs.lock import folder_lock
 
     if args.level is not None and args.estimate_level:
         raise ValueError("give either --level or --estimate-level, not both")
@@ -97,24 +116,30 @@ def run_restore(args) -> int:
     if ref_root is not None and not ref_root.is_dir():
         raise ValueError(f"--reference {str(ref_root)!r} is not a folder of clean images")
     out = Path(args.out)
+    check_out(root, files, out, args.in_place)
     sampler = args.sampler or run.process.restore_sampler
     steps = args.steps or run.config.sample.steps
     records = []
-    bar = tqdm(total=len(files), unit="img", desc=f"restore {run.process.kind}")
-    for start in range(0, len(files), args.batch):
-        chunk = files[start : start + args.batch]
-        x = torch.stack([read_image(f, channels=C, size=(H, W), option="--input") for f in chunk]).to(run.device)
-        x_hat, level = run.restore(x, args.level, sampler=sampler, steps=steps, seed=args.seed)
-        for f, xi, xh, lv in zip(chunk, x, x_hat, level.tolist()):
-            rel = f.relative_to(root)
-            write_image(xh, out / rel)
-            rec = {"file": str(rel), "level": lv}
-            if ref_root is not None:
-                rec.update(_compare(xi, xh, _reference(ref_root, rel, C, H, W).to(run.device)))
-            records.append(rec)
-        bar.update(len(chunk))
-    bar.close()
-    (out / "restore.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with folder_lock(out, "unblur restore"):
+        (out / "restore.jsonl").unlink(missing_ok=True)
+        bar = tqdm(total=len(files), unit="img", desc=f"restore {run.process.kind}")
+        for start in range(0, len(files), args.batch):  # each batch written as soon as it is restored
+            chunk = files[start : start + args.batch]
+            x = torch.stack([read_image(f, channels=C, size=(H, W), option="--input") for f in chunk]).to(run.device)
+            x_hat, level = run.restore(x, args.level, sampler=sampler, steps=steps, seed=args.seed)
+            batch_records = []
+            for f, xi, xh, lv in zip(chunk, x, x_hat, level.tolist()):
+                rel = f.relative_to(root)
+                write_image(xh, out / rel)
+                rec = {"file": str(rel), "level": lv}
+                if ref_root is not None:
+                    rec.update(_compare(xi, xh, _reference(ref_root, rel, C, H, W).to(run.device)))
+                batch_records.append(rec)
+            with (out / "restore.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in batch_records))
+            records += batch_records
+            bar.update(len(chunk))
+        bar.close()
     print(f"restored {len(records)} images to {out}/ ({sampler}, {steps} steps per unit level, "
           f"mean level {np.mean([r['level'] for r in records]):.3f})")
     if ref_root is not None:

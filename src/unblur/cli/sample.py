@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .common import positive_int
+from .common import nonnegative_float, positive_int
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     s.add_argument("--grid", help="karras | logsnr | leading | trailing | linspace | ddim | full")
     s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch")
     s.add_argument("--batch", type=positive_int, default=64, help="samples per forward pass")
-    s.add_argument("--out", help="output folder (default: RUN/samples/...)")
+    s.add_argument("--out", help="output folder (default: RUN/samples/SAMPLER-STEPS-seedSEED-HASH, one per request)")
+    s.add_argument("--overwrite", action="store_true", help="replace the samples already in --out")
     s.add_argument("--device", default="auto")
     s.add_argument("--class", dest="class_", action="append", metavar="NAME|INDEX",
                    help="class to sample (repeatable; each gets --n samples)")
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     s.add_argument("--prompt-file", metavar="FILE", help="a text file with one prompt per line")
     s.add_argument("--negative-prompt", metavar="TEXT", help="caption to guide away from (instead of the null)")
     s.add_argument("--image", metavar="FILE", help="conditioning image, e.g. a low-resolution input")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale: 1 = conditional, 0 = "
+    s.add_argument("--guidance", type=nonnegative_float, help="classifier-free guidance scale: 1 = conditional, 0 = "
                    "unconditional (default: cond.guidance for classes and prompts, 1 for an image)")
     s.set_defaults(fn=run_sample)
 
@@ -42,44 +43,63 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
+def request_of(args, plan) -> dict:
+    """What decides the samples of an ``unblur sample`` call (the batch size does not)."""
+    import hashlib
+
+    image = None
+    if args.image:
+        p = Path(args.image)
+        image = {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else None}
+    return {"run": str(Path(args.run).resolve()), "n": args.n, "classes": args.class_ or [],
+            "prompts": read_prompts(args), "negative_prompt": args.negative_prompt, "image": image,
+            "guidance": args.guidance, "sampler": plan.sampler, "steps": plan.steps, "grid": plan.grid,
+            "seed": args.seed}
+
+
+def default_out(args, plan, request: dict) -> Path:
+    """RUN/samples/SAMPLER-STEPS-seedSEED-HASH: a short hash of everything that changes the samples,
+    so two different calls never share a folder."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(args.run) / "samples" / f"{plan.sampler}-{plan.steps}-seed{args.seed}-{key}"
+
+
 def run_sample(args) -> int:
-    import numpy as np
-    import torch
     from tqdm import tqdm
 
-    from ..images import grid_scale, make_grid, save_png, scatter_image, to_pil
     from ..runs import Run
+    from ..runs.outputs import SampleFolder
     from ..sampling import nfe
 
     run = Run.load(args.run, device=args.device)
     plan = run.plan(args.sampler, args.steps, args.grid)
-    batches = run.sample(args.n, classes=args.class_ or [], prompts=read_prompts(args),
-                         negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
-                         sampler=plan.sampler, steps=plan.steps, grid=args.grid, seed=args.seed, batch=args.batch,
-                         callback=lambda info: bar.update(1))
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{plan.sampler}-{plan.steps}-seed{args.seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(unit="step", desc=f"sample {plan.sampler} x{plan.steps}", dynamic_ncols=True)
-    t0 = time.time()
-    chunks, records = [], []
-    for b in batches:
-        chunks.append(b.x)
-        records += b.records
-    bar.close()
-    x = torch.cat(chunks)
-    seconds = time.time() - t0
-    if run.is_image:
-        arr = ((x.clamp(-1, 1) + 1) / 2).numpy().astype(np.float32)  # (N, C, H, W) in [0, 1]
-        np.save(out / "samples.npy", arr)
-        for i in range(len(x)):
-            to_pil(x[i]).save(out / f"{i:05d}.png")
-        save_png(make_grid(x[: min(len(x), 256)], scale=grid_scale(x.shape[-2])), out / "grid.png")
-    else:
-        np.save(out / "samples.npy", x.numpy().astype(np.float32))  # (N, D) in data units
-        save_png(scatter_image(x), out / "scatter.png")
-    with (out / "samples.jsonl").open("w") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    print(f"wrote {len(x)} samples to {out}/ ({plan.sampler}, {plan.steps} steps, {nfe(plan.sampler, plan.steps)} "
-          f"NFE, {seconds:.1f} s)")
+    request = request_of(args, plan)
+    out = Path(args.out) if args.out else default_out(args, plan, request)
+    folder = SampleFolder(out, request, overwrite=args.overwrite)
+    try:
+        bar = tqdm(unit="step", desc=f"sample {plan.sampler} x{plan.steps}", dynamic_ncols=True)
+        batches = run.sample(args.n, classes=args.class_ or [], prompts=request["prompts"],
+                             negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
+                             sampler=plan.sampler, steps=plan.steps, grid=args.grid, seed=args.seed,
+                             batch=args.batch, start=folder.done, callback=lambda info: bar.update(1))
+        t0, made, total = time.time(), 0, None
+        try:
+            for b in batches:
+                if bar.total is None:
+                    bar.total = -(-(b.total - b.start) // args.batch) * plan.steps
+                folder.write(b)
+                made, total = made + len(b.x), b.total
+        except KeyboardInterrupt:
+            bar.close()
+            raise KeyboardInterrupt(f"the {folder.done + made} samples made so far are kept in {out}/; run the "
+                                    "same command again to continue") from None
+        bar.close()
+        picture = folder.finish()
+    finally:
+        folder.close()
+    kept = f"; continued after {folder.done} kept samples" if folder.done else ""
+    print(f"wrote {made} samples to {out}/ ({plan.sampler}, {plan.steps} steps, {nfe(plan.sampler, plan.steps)} "
+          f"NFE, {time.time() - t0:.1f} s{kept}); {picture.name} shows {min(total or folder.done, 256)}")
     return 0

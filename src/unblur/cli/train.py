@@ -35,15 +35,20 @@ def add_parser(sub) -> None:
 def run_train(args) -> int:
     from ..training import train
 
-    cfg = resolve_config(args)
+    cfg, explicit = resolve_config(args)
     if args.dry_run:
         print(cfg.to_json())
         return 0
+    if args.resume and args.overwrite:
+        raise ValueError("give either --resume (continue the run) or --overwrite (replace it), not both")
     out = Path(args.out)
-    summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, explicit=explicit)
+    for note in summary["notes"]:
+        print(note)
     print(f"trained {summary['step']} steps (stopped by {summary['stopped_by']}), last loss "
           f"{summary.get('loss', float('nan')):.4f}; run in {out}/, samples in {summary['grid']}")
-    return 0
+    # A run stopped by SIGINT or SIGTERM was saved, but did not finish: a scheduler must see that.
+    return 128 + summary["signal"] if summary.get("signal") else 0
 
 
 def run_demo(args) -> int:
@@ -65,6 +70,7 @@ def run_demo(args) -> int:
           "(Ctrl-C stops early and keeps the checkpoint)")
     summary = train(cfg, out, overwrite=True)
     sample_args = argparse.Namespace(run=str(out), n=64, sampler=None, steps=None, grid=None, seed=0, batch=64,
+                                     overwrite=True,
                                      out=str(out / "samples" / "demo"), device=args.device or "auto", class_=None,
                                      prompt=None, prompt_file=None, negative_prompt=None, image=None, guidance=None)
     run_sample(sample_args)

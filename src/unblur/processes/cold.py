@@ -88,12 +88,12 @@ def _fields(cls: type[Degradation], options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True, init=False)
-
 def _from_degradation(name: str, doc: str) -> property:
     """A read-only property of ``ColdProcess`` answered by its degradation's class attribute."""
     return property(lambda self: getattr(self.degradation, name), doc=doc)
 
+
+@dataclass(frozen=True, init=False)
 class ColdProcess:
     """A cold-diffusion forward process: one degradation, ``degrade(x0, t)`` and the start of generation.
 

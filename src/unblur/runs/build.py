@@ -49,9 +49,12 @@ def blend_images(source: str, shape: tuple[int, ...] | None):
 
 def data_info_of(data) -> DataInfo:
     """What a run must remember about its data to build and sample the same network."""
+    import hashlib
+
     shape = (data.channels, *data.image_size) if data.kind == "image" else (data.dim,)
+    digest = hashlib.sha256(data.x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
     return DataInfo(kind=data.kind, shape=tuple(shape), source=str(data.source), num_items=len(data),
-                    class_names=tuple(data.class_names) if data.class_names else None)
+                    class_names=tuple(data.class_names) if data.class_names else None, fingerprint=digest)
 
 
 def build_net(cfg: Config, data_info: DataInfo) -> nn.Module:

@@ -31,9 +31,12 @@ CONFIG_FILE = "config.json"
 FORMAT = 1
 
 
-def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], config: Config, data_info: DataInfo) -> None:
+def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], config: Config, data_info: DataInfo, *,
+               step: int | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     meta = {"format": str(FORMAT), "config": config.to_json(), "data_info": json.dumps(data_info.to_dict())}
+    if step is not None:
+        meta["step"] = str(step)
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
@@ -53,6 +56,18 @@ def load_model(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, DataI
         raise ValueError(f"{str(path)!r} has no unblur config in its metadata: it was not written by unblur")
     info = DataInfo.from_dict(json.loads(meta.get("data_info", "{}")))
     return tensors, Config.from_dict(json.loads(meta["config"])), info
+
+
+def model_step(path: str | Path) -> int | None:
+    """The optimizer step a model export was written at (None for exports that predate the key),
+    read from the safetensors header alone."""
+    try:
+        with Path(path).open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n)).get("__metadata__", {})
+        return int(meta["step"]) if "step" in meta else None
+    except (OSError, ValueError):
+        return None
 
 
 def save_train_state(path: str | Path, state: dict[str, Any]) -> None:

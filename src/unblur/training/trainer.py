@@ -38,14 +38,17 @@ from ..runs.checkpoint import (
     save_model,
     save_train_state,
 )
-from ..utils import resolve_device, seeded_generators
+from ..runs.lock import acquire
+from ..types import DataInfo
+from ..utils import atomic_write_bytes, resolve_device, seeded_generators
 from .cold import restoration_metrics
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched. A ValueError:
+    the cause is a value (the learning rate, the data), and the CLI reports it in one line."""
 
 
 def _mix(*ints: int) -> int:
@@ -124,6 +127,7 @@ class _Stop:
 
     def __init__(self):
         self.requested = False
+        self.signal: int | None = None
         self._old = {}
 
     def __enter__(self):
@@ -136,29 +140,112 @@ class _Stop:
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signal = signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
 
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """The folder to train into: ``out`` itself, or, when ``overwrite`` replaces a run, a fresh
+    folder beside it that ``Trainer.save`` swaps in at the first checkpoint (the old run stays
+    whole until then: a bad value, a missing file or Ctrl-C during set-up loses nothing)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder: choose another --out")
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if resume:
         if not (out / STATE_FILE).exists():
             raise ValueError(f"--resume: {str(out)!r} has no {STATE_FILE} to resume from")
-        return
+        return out
     if existing and not overwrite:
         raise ValueError(
             f"{str(out)!r} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out"
         )
-    if existing and overwrite:
-        for f in RUN_FILES:
-            (out / f).unlink(missing_ok=True)
-        for d in ("checkpoints", "samples", "tb"):
-            shutil.rmtree(out / d, ignore_errors=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+    if existing:
+        fresh = out.parent / f".{out.name}.new"
+        shutil.rmtree(fresh, ignore_errors=True)  # left by an overwrite killed before its first checkpoint
+        return fresh
+    return out
+
+
+def swap_in(fresh: Path, out: Path) -> None:
+    """Replace the run folder ``out`` by ``fresh`` with two renames (the old run is deleted last)."""
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(fresh, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# Config keys a resumed run takes from the command line: they change how long or how visibly it
+# trains, not the model or its data. Every other key given on resume must equal the run's own.
+RESUMABLE = frozenset({
+    "train.steps", "train.minutes", "train.log_every", "train.checkpoint_every", "train.sample_every",
+    "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "sample.grid_n", "sample.steps",
+    "sample.sampler", "sample.grid", "cond.guidance",
+})
+
+
+def resume_config(saved: Config, asked: Config, explicit: set[str] | None) -> tuple[Config, list[str]]:
+    """The config of a resumed run and one note per key given on the command line.
+
+    ``explicit``: the keys the user gave (None: a library call, which keeps the historical rule
+    that only the budget, ``train.steps`` and ``train.minutes``, comes from ``asked``). A given
+    key in ``RESUMABLE`` applies; any other must equal the run's own value, else ValueError.
+    With no budget given the run continues toward its own.
+    """
+    keys = {"train.steps", "train.minutes"} if explicit is None else set(explicit)
+    flat_saved, flat_asked = _flat(saved), _flat(asked)
+    refused = [k for k in sorted(keys - RESUMABLE) if k in flat_asked and flat_asked[k] != flat_saved.get(k)]
+    if refused:
+        what = ", ".join(f"{k}={flat_asked[k]!r} (the run has {flat_saved.get(k)!r})" for k in refused)
+        raise ValueError(f"--resume keeps the run's model and data, but {what} would change them: drop "
+                         f"{'it' if len(refused) == 1 else 'them'}, or train a new run (another --out, or --overwrite)")
+    changes = {k: flat_asked[k] for k in sorted(keys & RESUMABLE) if flat_asked.get(k) != flat_saved.get(k)}
+    notes = [f"resume: {k}={v!r} applies (the run had {flat_saved.get(k)!r})" for k, v in changes.items()]
+    from ..config import apply_overrides
+
+    return apply_overrides(saved, changes), notes
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    flat = {f"{sec}.{k}": v for sec, fields in cfg.to_dict().items() for k, v in fields.items()}
+    flat["data.source"] = absolute_source(flat["data.source"])  # compare paths, not their spellings
+    return flat
+
+
+def absolute_source(source: str) -> str:
+    """A data spec with a local path made absolute (a run resumed from another folder finds it)."""
+    if source.startswith("builtin:") or not Path(source).expanduser().exists():
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
+def check_same_data(saved: dict, now: DataInfo, source: str) -> None:
+    """Refuse to resume on data that differs from the run's (item count, shape, fingerprint)."""
+    for key, have in (("num_items", now.num_items), ("shape", list(now.shape)), ("fingerprint", now.fingerprint)):
+        want = saved.get(key)
+        if want is not None and have is not None and want != have:
+            raise ValueError(f"--resume: the data {source!r} differs from the run's ({key} {have} against {want}): "
+                             "resume on the same data, or train a new run")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics lines up to ``step`` (those after the last checkpoint are logged again)
+    and drop a partial last line left by a kill during an append."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in keep).encode())
 
 
 def load_training_data(cfg: Config) -> Data:
@@ -180,21 +267,35 @@ class Trainer:
     """Holds the pieces of one run; ``run()`` trains until the step or time budget is spent."""
 
     def __init__(self, cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-                 data: Data | None = None, progress: bool = True):
-        self.out = Path(out)
+                 data: Data | None = None, progress: bool = True, explicit: set[str] | None = None):
+        self.final_out = Path(out)
         self.dist, self.device = _init_distributed(cfg.train.device)
+        self.lock = None
+        self._tb = None
+        self.notes: list[str] = []  # what the run says about its set-up (e.g. which overrides apply on resume)
         if self.dist.main:
-            prepare_run_dir(self.out, resume=resume, overwrite=overwrite)
+            self.lock = acquire(self.final_out, "unblur train")  # one writer per run folder
+        try:
+            self._setup(cfg, resume=resume, overwrite=overwrite, data=data, progress=progress, explicit=explicit)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg: Config, *, resume: bool, overwrite: bool, data: Data | None, progress: bool,
+               explicit: set[str] | None) -> None:
+        if self.dist.main:
+            self.out = prepare_run_dir(self.final_out, resume=resume, overwrite=overwrite)
             self.out.mkdir(parents=True, exist_ok=True)
             clean_temporaries(self.out)
+        else:
+            self.out = self.final_out
         self._barrier()
         state = None
         if resume:
             state = load_train_state(self.out / STATE_FILE)
-            saved = Config.from_dict(state["config"])
-            # The run's own config wins, except for the budget the user asks for now.
-            cfg = type(cfg)(**{**saved.__dict__, "train": type(saved.train)(**{
-                **saved.train.__dict__, "steps": cfg.train.steps, "minutes": cfg.train.minutes})})
+            cfg, self.notes = resume_config(Config.from_dict(state["config"]), cfg, explicit)
+        else:
+            cfg = replace(cfg, data=replace(cfg.data, source=absolute_source(cfg.data.source)))
         self.cfg = cfg
         t = cfg.train
         if t.threads:
@@ -216,6 +317,8 @@ class Trainer:
             self.cfg = cfg
         self.conditioner = Conditioner(cfg, self.data, self.out, self.device, progress=progress and self.dist.main)
         self.data_info = replace(data_info_of(self.data), **self.conditioner.info)
+        if state is not None:
+            check_same_data(state.get("data_info") or {}, self.data_info, cfg.data.source)
         self.process = build_process(cfg, self.data_info)
         start = self.process.fit_start(self.data.x, seed=t.seed)  # e.g. blur's start, fitted once and saved
         if start:
@@ -229,9 +332,18 @@ class Trainer:
             self.opt.load_state_dict(state["opt"])
             self.step, self.nimg = int(state["step"]), int(state["nimg"])
             torch.set_rng_state(state["rng_cpu"])
+        if self.dist.main:  # metrics after the last checkpoint are logged again; a new run starts afresh
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
         self.progress = progress and self.dist.main
         self.x_all = self.data.x.to(self.device)
+
+    def close(self) -> None:
+        """Release the run folder's lock and close the TensorBoard writer."""
+        if self._tb:
+            self._tb.close()
         self._tb = None
+        if self.lock is not None:
+            self.lock.release()
 
     def _build_model(self) -> None:
         """The network, its EMA copy, the loss module (compiled, distributed) and the optimizer."""
@@ -262,6 +374,11 @@ class Trainer:
         self._ema_params = list(self.ema.parameters())
 
     # -- helpers ---------------------------------------------------------------------------
+    def _kept(self) -> str:
+        if (self.out / STATE_FILE).exists():
+            return f"the last good checkpoint in {str(self.final_out)!r} was kept"
+        return f"no checkpoint had been written yet ({str(self.final_out)!r} is as it was)"
+
     def _barrier(self):
         if self.dist.world > 1:
             dist.barrier()
@@ -298,8 +415,8 @@ class Trainer:
         """Write the inference export and the resume state (rank 0), each atomically."""
         if not self.dist.main:
             return
-        (self.out / CONFIG_FILE).write_text(self.cfg.to_json())
-        save_model(self.out / MODEL_FILE, self.ema.state_dict(), self.cfg, self.data_info)
+        atomic_write_bytes(self.out / CONFIG_FILE, self.cfg.to_json().encode())
+        save_model(self.out / MODEL_FILE, self.ema.state_dict(), self.cfg, self.data_info, step=self.step)
         state = {
             "step": self.step,
             "nimg": self.nimg,
@@ -312,12 +429,24 @@ class Trainer:
         }
         save_train_state(self.out / STATE_FILE, state)
         keep = self.cfg.train.keep_checkpoints
-        if keep > 0:
+        if keep > 0:  # a hard link to the state just written (no second copy on disk), else a copy
             ck = self.out / "checkpoints"
-            save_train_state(ck / f"train_state-{self.step:08d}.pt", state)
+            ck.mkdir(exist_ok=True)
+            kept = ck / f"train_state-{self.step:08d}.pt"
+            kept.unlink(missing_ok=True)
+            try:
+                os.link(self.out / STATE_FILE, kept)
+            except OSError:
+                save_train_state(kept, state)
             old = sorted(ck.glob("train_state-*.pt"))[:-keep]
             for f in old:
                 f.unlink(missing_ok=True)
+        if self.out != self.final_out:  # --overwrite: the new run replaces the old one now, whole
+            lock = acquire(self.out, "unblur train")
+            swap_in(self.out, self.final_out)
+            self.out = self.final_out
+            self.lock.release()
+            self.lock = lock
 
     def sample_grid(self) -> Path | None:
         """Write a grid of samples from the EMA network (restorations of fully degraded data
@@ -378,9 +507,8 @@ class Trainer:
                 loss = self.loss_module(x0, level, x_t, cond).mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"the loss became {loss.item()} at step {self.step}: training stopped and the last good "
-                    f"checkpoint in {str(self.out)!r} was kept; lower train.lr, enable train.grad_clip, or "
-                    "check the data for NaN values"
+                    f"the loss became {loss.item()} at step {self.step}: training stopped and {self._kept()}; "
+                    "lower train.lr, enable train.grad_clip, or check the data for NaN values"
                 )
             (loss / len(micro)).backward()
             total += loss.item() / len(micro)
@@ -389,8 +517,8 @@ class Trainer:
         )
         if not torch.isfinite(grad_norm):
             raise TrainingDiverged(
-                f"the gradient norm became {grad_norm.item()} at step {self.step}: stopped, last good checkpoint "
-                f"kept in {str(self.out)!r}; lower train.lr or enable train.grad_clip"
+                f"the gradient norm became {grad_norm.item()} at step {self.step}: stopped and {self._kept()}; "
+                "lower train.lr or enable train.grad_clip"
             )
         self.opt.step()
         self.nimg += t.batch_size
@@ -453,13 +581,19 @@ class Trainer:
         self.save()
         grid = self.sample_grid()
         self._barrier()
-        if self._tb:
-            self._tb.close()
-        return {"step": self.step, "stopped_by": reason, "grid": str(grid) if grid else None, **last,
-                "seconds": time.time() - start_time}
+        return {"step": self.step, "stopped_by": reason, "signal": stop.signal, "grid": str(grid) if grid else None,
+                **last, "seconds": time.time() - start_time}
 
 
 def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-          data: Data | None = None, progress: bool = True) -> dict:
-    """Train a run to ``out``; returns a summary (steps, last loss, what stopped it)."""
-    return Trainer(cfg, out, resume=resume, overwrite=overwrite, data=data, progress=progress).run()
+          data: Data | None = None, progress: bool = True, explicit: set[str] | None = None) -> dict:
+    """Train a run to ``out``; returns a summary (steps, last loss, what stopped it, set-up notes).
+
+    ``explicit``: the config keys the user gave (the CLI passes them), which decides what a
+    resumed run takes from ``cfg`` (see ``resume_config``).
+    """
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, data=data, progress=progress, explicit=explicit)
+    try:
+        return {**trainer.run(), "notes": trainer.notes}
+    finally:
+        trainer.close()
