@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import struct
+import time
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from unblur.data import (
     TOY2D,
     Data,
     DataWarning,
+    base,
     get_toy2d,
     load_data,
     random_hflip,
     random_shift,
     split,
 )
+from unblur.eval.extractors import load_extractor, reference_features
+from unblur.images import list_image_files, read_image
 from unblur.utils import seeded_generators
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -218,6 +226,153 @@ def test_bad_paths_are_helpful_errors(tmp_path):
         load_data(tmp_path / "texts", n=5)
 
 
+# -- folders: links, unreadable folders, bombs, default size and channels ---------------------
+
+
+def _messages(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+
+
+def test_symlinked_class_folder_is_loaded_with_its_class(tmp_path):
+    root, elsewhere = tmp_path / "classes", tmp_path / "elsewhere"
+    _save(_rgb(8, 8), root / "cat" / "a.png")
+    _save(_rgb(8, 8), root / "cat" / "b.png")
+    _save(_rgb(8, 8), elsewhere / "dogs" / "c.png")
+    (elsewhere / "dogs" / "c.txt").write_text("a dog")  # captions beside linked images count too
+    (root / "dog").symlink_to(elsewhere / "dogs", target_is_directory=True)
+    (root / ".cache").mkdir()
+    (root / ".DS_Store").write_bytes(b"junk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # nothing was skipped that needs a warning
+        data = load_data(root)
+    assert data.class_names == ["cat", "dog"] and data.labels.tolist() == [0, 0, 1]
+    assert data.paths[2] == str(root / "dog" / "c.png") and data.captions[2] == "a dog"
+    assert "1 hidden file and 1 hidden folder skipped (names starting with a dot)" in data.notes
+
+
+def test_symlink_loop_and_broken_link_are_reported_once(tmp_path):
+    root = tmp_path / "loop"
+    _save(_rgb(8, 8), root / "a" / "x.png")
+    (root / "a" / "up").symlink_to(root, target_is_directory=True)  # a loop back to the root
+    (root / "a" / "self").symlink_to(root / "a", target_is_directory=True)  # and to its own folder
+    (root / "again").symlink_to(root / "a", target_is_directory=True)  # a second name for a/
+    (root / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link
+    (root / "parent").symlink_to(tmp_path, target_is_directory=True)  # holds the root: a loop
+    listing = list_image_files(root)
+    assert listing.files == [root / "a" / "x.png"]
+    assert sorted(p.name for p in listing.skipped) == ["again", "gone.png", "parent", "self", "up"]
+    assert "loop" in listing.skipped[root / "a" / "up"] and "loop" in listing.skipped[root / "parent"]
+    assert "already read" in listing.skipped[root / "again"]
+    assert "does not exist" in listing.skipped[root / "gone.png"]
+
+    with pytest.warns(DataWarning) as record:
+        data = load_data(root)
+    (message,) = _messages(record)  # one warning naming them all
+    assert "skipped 5 folders or links" in message and str(root / "a" / "up") in message
+    assert len(data) == 1 and sum("skipped 5 folders or links" in n for n in data.notes) == 1
+
+
+def test_unreadable_sub_folder_is_reported(tmp_path, monkeypatch):
+    root = tmp_path / "locked"
+    _save(_rgb(8, 8), root / "cat" / "a.png")
+    _save(_rgb(8, 8), root / "dog" / "b.png")
+    _save(_rgb(8, 8), root / "secret" / "c.png")
+    locked = root / "secret"
+    if os.geteuid() == 0:
+        # Running as root, chmod 000 does not stop listing the folder: make listing it fail the
+        # way a PermissionError would, so the onerror path is tested all the same.
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if os.fspath(path) == str(locked):
+                raise PermissionError(13, "Permission denied", str(locked))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        locked.chmod(0)  # given back in the finally below, so that tmp_path can be removed
+    try:
+        with pytest.warns(DataWarning) as record:
+            data = load_data(root)
+    finally:
+        locked.chmod(0o755)
+    (message,) = _messages(record)
+    assert str(locked) in message and "PermissionError" in message
+    assert data.class_names == ["cat", "dog"] and any(str(locked) in n for n in data.notes)
+
+
+def _png_bomb(path, width=12000, height=12000):
+    """A 1-bit PNG of ``width`` x ``height`` black pixels: a few kB on disk, gigabytes decoded."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grey
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_a_bad_file_never_decoded(tmp_path, monkeypatch):
+    root = tmp_path / "bomb"
+    for i in range(10):
+        _save(_rgb(8, 8), root / f"{i}.png")
+    bomb = _png_bomb(root / "bomb.png")
+    assert bomb.stat().st_size < 100_000
+    loaded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loaded.append(im.size) or real_load(im))
+
+    start = time.perf_counter()
+    with pytest.warns(DataWarning) as record:
+        data = load_data(root)
+    assert time.perf_counter() - start < 1.0
+    (message,) = _messages(record)
+    assert "bomb.png" in message and "12000x12000" in message and "not decoded" in message
+    assert len(data) == 10 and (12000, 12000) not in loaded
+
+    with pytest.raises(ValueError, match=r"bomb\.png.*12000x12000 pixels.*max_pixels"):
+        read_image(bomb)
+    with pytest.raises(ValueError, match=r"bomb\.png.*decompression-bomb"):
+        read_image(bomb, max_pixels=10**9)  # past our limit, Pillow's own check still refuses it
+    assert (12000, 12000) not in loaded
+    with pytest.raises(ValueError, match="12000x12000"):
+        load_data(root, max_bad_fraction=0.0)
+
+
+def test_large_photos_default_to_64_pixels_with_a_note(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(3):
+        _save(_rgb(120, 90, (i * 50, 0, 0)), root / f"p{i}.jpg")  # 120 high, 90 wide
+    data = load_data(root)
+    assert data.image_size == (64, 64)
+    assert "images are 120x90; training at 64x64 (data.size not set): set data.size to choose" in data.notes
+    assert load_data(root, keep_aspect=True).image_size == (85, 64)
+    assert load_data(root, size=(100, 90)).image_size == (100, 90)  # a given size is used as is
+    assert not any("data.size not set" in n for n in load_data(root, size=80).notes)
+
+    with pytest.raises(ValueError, match=r"loading 3 images of 3x100000x100000 .*data\.size smaller"):
+        load_data(root, size=100_000)  # refused before anything is allocated or decoded
+
+
+def test_channels_follow_the_majority_of_modes(tmp_path):
+    root = tmp_path / "mostly_grey"
+    _grays(root, n=5)
+    _save(Image.new("RGBA", (16, 12), (200, 0, 0, 255)), root / "stray.png")
+    data = load_data(root)
+    assert data.channels == 1
+    assert "5 grey, 1 colour image: training in grey (data.channels=3 to keep colour)" in data.notes
+    assert load_data(root, channels=3).channels == 3
+
+    tie = tmp_path / "tie"
+    _grays(tie, n=1)
+    _save(_rgb(12, 16), tie / "c.png")
+    data = load_data(tie)
+    assert data.channels == 3 and "1 grey, 1 colour image: training in colour (data.channels=1 for grey)" in data.notes
+
+
 # -- .npy ---------------------------------------------------------------------------------------
 
 
@@ -277,6 +432,29 @@ def test_npy_bad_shapes_and_dtypes(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array, allow_pickle=True)
     with pytest.raises(ValueError, match=message):
         load_data(tmp_path / "bad.npy")
+
+
+def test_npy_header_is_checked_before_allocating(tmp_path, monkeypatch):
+    small = np.zeros((2, 4, 4, 3), np.uint8)
+    buf = io.BytesIO()
+    claimed = (10**7, 3, 1000, 1000)  # 30 TB of uint8
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": claimed})
+    liar = tmp_path / "liar.npy"
+    liar.write_bytes(buf.getvalue() + small.tobytes())
+    size = liar.stat().st_size
+    with pytest.raises(ValueError, match=rf"liar\.npy.*\(10000000, 3, 1000, 1000\).*{size} bytes"):
+        load_data(liar)
+
+    np.save(tmp_path / "cut.npy", np.zeros((4, 8, 8), np.float32))
+    _truncate(tmp_path / "cut.npy", 0.9)
+    with pytest.raises(ValueError, match=r"cut\.npy is truncated"):
+        load_data(tmp_path / "cut.npy")
+
+    np.save(tmp_path / "fine.npy", small)
+    assert load_data(tmp_path / "fine.npy").x.shape == (2, 3, 4, 4)
+    monkeypatch.setattr(base, "memory_budget", lambda: 100)  # bytes
+    with pytest.raises(ValueError, match=r"fine\.npy.*more than the .* GiB"):
+        load_data(tmp_path / "fine.npy")
 
 
 # -- 2-D toys -----------------------------------------------------------------------------------
@@ -423,3 +601,21 @@ def test_random_shift_moves_whole_images_by_at_most_the_limit():
     assert torch.equal(b[2:3], random_shift(x[2:3], seeded_generators([2]), 1))  # per-sample generators
     with pytest.raises(ValueError, match="at most 6"):
         random_shift(x, None, 7)
+
+
+# -- the cache of reference features ----------------------------------------------------------
+
+
+def test_corrupt_reference_cache_file_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNBLUR_CACHE", str(tmp_path))
+    ext = load_extractor("pixels", device=torch.device("cpu"))
+    x = torch.rand(6, 1, 4, 4) * 2 - 1
+    f1, _, cached = reference_features(ext, x, source="test")
+    (path,) = (tmp_path / "refstats").glob("*.safetensors")
+    assert not cached
+    path.write_bytes(b"\x00garbage, not safetensors")
+    with pytest.warns(UserWarning, match=rf"{path.name}.*unreadable.*computing the features again"):
+        f2, _, cached = reference_features(ext, x, source="test")
+    assert not cached and torch.equal(f1, f2)
+    f3, _, cached = reference_features(ext, x, source="test")  # the rebuilt file reads again
+    assert cached and torch.equal(f1, f3)

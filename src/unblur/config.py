@@ -1,7 +1,8 @@
 """The run configuration: frozen dataclasses with commented defaults, one section per part.
 
 ``--set train.lr=2e-4`` and a TOML file with ``[train] lr = 2e-4`` reach the same field.
-Unknown sections or keys are errors that name the nearest valid key. The resolved config is
+Unknown sections or keys are errors that name the nearest valid key, and every value is checked
+against its field's rule (`RULES`) when the config is resolved, so ``--dry-run`` refuses it. The resolved config is
 saved with every artefact, so a run can be sampled or resumed with no flags.
 """
 
@@ -312,9 +313,12 @@ def _one_of(*choices: Any) -> Rule:
     return Rule(lambda v: v in choices, "one of " + " | ".join(map(str, choices)), choices)
 
 
-def _each(rule: Rule, *, lengths: range = range(1, 1 << 16), what: str = "one or more values") -> Rule:
-    """A tuple of ``len in lengths`` whose every entry passes ``rule``."""
-    return Rule(lambda v: len(v) in lengths and all(rule.ok(x) for x in v), f"{what}, each {rule.want}")
+def _each(rule: Rule, *, what: str, fewest: int = 1, most: int | None = None) -> Rule:
+    """A tuple of ``fewest`` to ``most`` (None: any number of) entries, every one passing ``rule``."""
+    def ok(v: tuple) -> bool:
+        return fewest <= len(v) <= (most or len(v)) and all(rule.ok(x) for x in v)
+
+    return Rule(ok, f"{what}, each {rule.want}")
 
 
 def _nonempty(what: str) -> Rule:
@@ -325,11 +329,11 @@ _SEED = _within(0, 2**63, below_hi=True)
 _DEVICE = Rule(lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "auto | cpu | cuda | cuda:N | mps")
 
 # "section.key" -> its rule. None passes where the field's type allows it (its comment says what
-# None means); every float must also be finite. Fields absent here are booleans, COLD_OPTIONS,
-# or free text checked where it is used (data.source, cond.text_encoder).
+# None means); every float, here or not, must also be finite. Fields absent here are booleans
+# and COLD_OPTIONS; tests/test_config.py keeps it so.
 RULES: dict[str, Rule] = {
     "data.source": _nonempty("a folder, FILE.npy or builtin:NAME"),
-    "data.size": _each(_at_least(1), lengths=range(1, 3), what="S or H,W"),
+    "data.size": _each(_at_least(1), what="S or H,W", most=2),
     "data.channels": _one_of(1, 3),
     "data.shift": _at_least(0),
     "data.max_bad_fraction": _within(0, 1),
@@ -339,7 +343,7 @@ RULES: dict[str, Rule] = {
     "model.base_channels": _at_least(1),
     "model.channel_mult": _each(_at_least(1), what="one or more multipliers (e.g. 1,2,2)"),
     "model.num_res_blocks": _at_least(1),
-    "model.attn_resolutions": _each(_at_least(1), lengths=range(0, 1 << 16), what="factors (e.g. 2,4)"),
+    "model.attn_resolutions": _each(_at_least(1), what="factors (e.g. 2,4)", fewest=0),
     "model.dropout": _within(0, 1, below_hi=True),
     "model.hidden": _at_least(1),
     "model.depth": _at_least(1),
@@ -353,7 +357,7 @@ RULES: dict[str, Rule] = {
     "objective.loss": _one_of("l2", "l1"),
     "objective.weighting": _one_of("none", "min-snr"),
     "objective.min_snr_gamma": _above(0),
-    "objective.p_mean": Rule(lambda v: True, "a number"),
+    "objective.p_mean": Rule(lambda v: True, "a number"),  # any finite log sigma
     "objective.p_std": _above(0),
     "objective.restore_loss": _one_of("l1", "l2"),
     "train.steps": _at_least(1),
@@ -362,7 +366,7 @@ RULES: dict[str, Rule] = {
     "train.grad_accum": _at_least(1),
     "train.lr": _above(0),
     "train.weight_decay": _at_least(0),
-    "train.betas": _each(_within(0, 1, below_hi=True), lengths=range(2, 3), what="two betas"),
+    "train.betas": _each(_within(0, 1, below_hi=True), what="two betas", fewest=2, most=2),
     "train.warmup_steps": _at_least(0),
     "train.lr_schedule": _one_of("constant", "cosine"),
     "train.grad_clip": _at_least(0),
@@ -384,7 +388,7 @@ RULES: dict[str, Rule] = {
     "cond.superres_factor": _at_least(1),
     "cond.dropout": _within(0, 1),
     "cond.max_tokens": _at_least(1),
-    "cond.cross_attn_resolutions": _each(_at_least(1), lengths=range(0, 1 << 16), what="factors (e.g. 2,4)"),
+    "cond.cross_attn_resolutions": _each(_at_least(1), what="factors (e.g. 2,4)", fewest=0),
     "cond.learned_dim": _at_least(1),
     "cond.learned_layers": _at_least(1),
     "cond.guidance": _at_least(0),
@@ -444,7 +448,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ValueError(f"config file {str(path)!r} {what}")
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # a BOM (Notepad) is fine
     except UnicodeDecodeError as e:
         raise ValueError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:

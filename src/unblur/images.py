@@ -6,6 +6,15 @@ Every entry point that reads an image file (training folders, ``--image``, ``unb
 file reads the same everywhere: EXIF orientation applied; transparency (RGBA, LA, PA, a
 palette with a transparency key) composited on white; 16-bit and 32-bit integer or float
 images scaled to 8 bits; CMYK, YCbCr and palettes to RGB; 1-bit to L.
+
+No image of more than ``MAX_PIXELS`` pixels (64 megapixels; ``max_pixels`` changes it) is
+decoded: its size is read from the header first, so a few hundred bytes claiming 12000 x 12000
+pixels (a decompression bomb) are refused before they cost a gigabyte. Pillow's own bomb
+check (``Image.MAX_IMAGE_PIXELS``, about 89 megapixels) applies too when ``max_pixels`` is
+higher: its warning is then an error.
+
+Folders are searched by ``list_image_files``: directory links are followed (each real folder
+once, so a link loop ends), and every folder or link that could not be read is reported.
 """
 
 from __future__ import annotations
@@ -13,7 +22,11 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,39 +46,111 @@ ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
 REDUCING_GAP = 2.0  # JPEG DCT draft and Pillow's reduce() stop at twice the target size
 BACKGROUND = 255  # transparent pixels are composited on white
+MAX_PIXELS = 64 * 2**20  # the largest image (W x H, from its header) that is decoded: 64 megapixels
+_SHOW_SKIPPED = 10  # skipped folders and links named in a message
 
 
-# -- reading ----------------------------------------------------------------------------------
+# -- finding files ----------------------------------------------------------------------------
 
 
-def list_image_files(root: Path) -> tuple[list[Path], Counter]:
-    """Image files under ``root`` (recursive, sorted, dot-names skipped) and a count of the
-    other files' extensions."""
-    images, others = [], Counter()
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+@dataclass
+class Listing:
+    """What ``list_image_files`` found under ``root``."""
+
+    root: Path
+    files: list[Path] = field(default_factory=list)  # image files: each folder's sorted, then its sub-folders'
+    others: Counter = field(default_factory=Counter)  # extensions of the other files
+    folders: list[Path] = field(default_factory=list)  # every folder read, ``root`` first
+    skipped: dict[Path, str] = field(default_factory=dict)  # folders and links not read -> why
+    hidden_files: int = 0  # names starting with a dot: skipped on purpose, only counted
+    hidden_folders: int = 0
+
+    def skipped_message(self) -> str | None:
+        """One sentence naming the skipped folders and links (None when there are none)."""
+        if not self.skipped:
+            return None
+        k = len(self.skipped)
+        shown = "; ".join(f"{p} ({why})" for p, why in list(self.skipped.items())[:_SHOW_SKIPPED])
+        more = f"; and {k - _SHOW_SKIPPED} more" if k > _SHOW_SKIPPED else ""
+        noun = "folder or link" if k == 1 else "folders or links"
+        return f"skipped {k} {noun} under {str(self.root)!r}: {shown}{more}"
+
+    def hidden_note(self) -> str | None:
+        """``"3 hidden files skipped ..."`` (None when there are none)."""
+        parts = [f"{n} hidden {what}{'s' if n > 1 else ''}"
+                 for n, what in ((self.hidden_files, "file"), (self.hidden_folders, "folder")) if n]  # fmt: skip
+        return f"{' and '.join(parts)} skipped (names starting with a dot)" if parts else None
+
+
+def list_image_files(root: str | Path) -> Listing:
+    """Image files under ``root``, recursively, and what was not read.
+
+    Names starting with a dot are skipped on purpose (and counted). Directory links are
+    followed, but each real folder is read once: a link back to a folder already read (a loop,
+    or a second name for the same folder) and a link to a folder that holds ``root`` are
+    reported in ``skipped`` instead, as are folders that cannot be listed and broken links.
+    """
+    out = Listing(Path(root))
+    root_real = os.path.realpath(out.root)
+    claimed = {root_real}  # real paths of the folders read or about to be read
+
+    def cannot_list(e: OSError) -> None:
+        out.skipped[Path(e.filename or root)] = f"cannot be listed: {type(e).__name__}: {e.strerror or e}"
+
+    for folder, dirs, names in os.walk(out.root, onerror=cannot_list, followlinks=True):
+        here = Path(folder)
+        out.folders.append(here)
+        visible = sorted(d for d in dirs if not d.startswith("."))
+        out.hidden_folders += len(dirs) - len(visible)
+        # Real folders claim their real path before links to them, so the link is the one reported.
+        follow = {d for d in sorted(visible, key=lambda d: (os.path.islink(here / d), d))
+                  if _claim(here / d, claimed, root_real, out.skipped)}  # fmt: skip
+        dirs[:] = [d for d in visible if d in follow]
         for name in sorted(names):
+            path = here / name
             if name.startswith("."):
-                continue
-            ext = os.path.splitext(name)[1].lower()
-            if ext in IMAGE_EXTENSIONS:
-                images.append(Path(folder) / name)
+                out.hidden_files += 1
+            elif os.path.islink(path) and not os.path.exists(path):
+                out.skipped[path] = f"a link to {os.readlink(path)!r}, which does not exist or loops"
+            elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                out.files.append(path)
             else:
-                others[ext or "(no extension)"] += 1
-    return images, others
+                out.others[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
+    return out
 
 
-def no_images_message(root: Path, others: Counter) -> str:
+def _claim(path: Path, claimed: set[str], root_real: str, skipped: dict[Path, str]) -> bool:
+    """Whether to descend into ``path``: its real folder is new and does not hold the root."""
+    real = os.path.realpath(path)
+    if real in claimed or _holds(real, root_real):
+        loop = real not in claimed or _holds(real, os.path.realpath(path.parent))
+        skipped[path] = (f"a loop: links back to {real!r}, which holds it" if loop
+                         else f"the same folder as one already read ({real!r}): not read twice")  # fmt: skip
+        return False
+    claimed.add(real)
+    return True
+
+
+def _holds(folder: str, path: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or lies inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def no_images_message(listing: Listing) -> str:
+    root, others = listing.root, listing.others
     exts = " ".join(sorted(IMAGE_EXTENSIONS))
+    skipped = listing.skipped_message()
+    tail = f"; {skipped}" if skipped else ""
     if not others:
-        return f"data folder {str(root)!r} is empty: put images in it ({exts})"
+        return f"data folder {str(root)!r} is empty: put images in it ({exts}){tail}"
     found = ", ".join(f"{n} {ext}" for ext, n in others.most_common(6))
-    return f"no image files in {str(root)!r} (found {found}); expected files ending in {exts}"
+    return f"no image files in {str(root)!r} (found {found}); expected files ending in {exts}{tail}"
 
 
 def list_images(path: str | Path, *, option: str = "--input") -> tuple[Path, list[Path]]:
     """(root, image files): a single image is its own folder's only file; a folder is searched
-    recursively. ``option`` names the command-line option in errors."""
+    recursively (``list_image_files``; skipped folders and links are named in one warning).
+    ``option`` names the command-line option in errors."""
     path = Path(path).expanduser()
     if path.is_file():
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -73,11 +158,62 @@ def list_images(path: str | Path, *, option: str = "--input") -> tuple[Path, lis
             raise ValueError(f"{option} {str(path)!r} is not an image file (expected one of {exts})")
         return path.parent, [path]
     if path.is_dir():
-        files, others = list_image_files(path)
-        if not files:
-            raise ValueError(no_images_message(path, others))
-        return path, files
+        listing = list_image_files(path)
+        if not listing.files:
+            raise ValueError(no_images_message(listing))
+        if listing.skipped:
+            warnings.warn(listing.skipped_message(), stacklevel=2)
+        return path, listing.files
     raise ValueError(f"{option} {str(path)!r} does not exist: give an image file or a folder of images")
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class TooManyPixels(ValueError):
+    """An image whose header claims more pixels than the limit; it is never decoded."""
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None = None) -> None:
+    """Raise ``TooManyPixels`` when an image of ``size`` (W, H) has more than ``max_pixels``
+    (default ``MAX_PIXELS``) pixels. Call it after ``Image.open`` (the header) and before
+    ``load()``."""
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    w, h = size
+    if w * h > limit:
+        raise TooManyPixels(
+            f"is {w}x{h} pixels ({w * h / 2**20:.1f} megapixels), more than the limit of "
+            f"{limit / 2**20:.1f} megapixels (max_pixels={limit}); it was not decoded: shrink it "
+            "first, or raise max_pixels if it is a genuine image"
+        )
+
+
+@contextmanager
+def pillow_bomb_check(max_pixels: int | None = None) -> Iterator[None]:
+    """Inside the block, Pillow's ``DecompressionBombWarning`` is an error, so such a file is a
+    bad file; when ``max_pixels`` is the lower limit, the warning is silenced instead and
+    ``check_pixels`` refuses the file with its size. (Pillow's ``DecompressionBombError``, at
+    twice its limit, is always raised.)
+
+    Warning filters are process-wide: enter this in the thread that starts any decoding
+    threads, around all of them, not in each thread.
+    """
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    pillow = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        action = "error" if pillow is not None and limit > pillow else "ignore"
+        warnings.simplefilter(action, Image.DecompressionBombWarning)
+        yield
+
+
+def why_unreadable(e: BaseException) -> str:
+    """The end of a sentence that begins with a file's name: why it was not read."""
+    if isinstance(e, TooManyPixels):
+        return str(e)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"is refused by Pillow's decompression-bomb check ({text}); it was not decoded"
+    return f"cannot be read as an image ({text})"
 
 
 def orientation(img: Image.Image) -> int:
@@ -96,7 +232,7 @@ def normalize_mode(img: Image.Image) -> Image.Image:
     if mode == "1":
         return img.convert("L")
     if mode in SIXTEEN_BIT or mode in ("I", "F"):
-        a = np.asarray(img).astype(np.float64)
+        a = np.nan_to_num(np.asarray(img).astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         if mode in SIXTEEN_BIT or (mode == "I" and a.max(initial=0) > 255):
             a = a / 257.0  # 0..65535 -> 0..255
         elif mode == "F" and a.max(initial=0) <= 1.0:
@@ -129,31 +265,34 @@ def cover_crop(img: Image.Image, target: tuple[int, int]) -> Image.Image:
     )
 
 
-def open_image(path: str | Path, *, option: str = "image") -> Image.Image:
+def open_image(path: str | Path, *, option: str = "image", max_pixels: int | None = None) -> Image.Image:
     """One image file as a Pillow image in mode L or RGB (EXIF-rotated, flattened), fully loaded.
 
-    A missing file or one that is not an image is a ValueError that names ``option`` and the path.
+    A missing file, one that is not an image, or one of more than ``max_pixels`` pixels
+    (default ``MAX_PIXELS``; checked on the header, before decoding) is a ValueError that
+    names ``option`` and the path.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"{option} {str(path)!r} does not exist: give an image file (PNG, JPEG, ...)")
     try:
-        with Image.open(path) as im:
+        with pillow_bomb_check(max_pixels), Image.open(path) as im:
+            check_pixels(im.size, max_pixels)  # the header's size, before anything is decoded
             im.load()  # raises on truncated data
             return normalize_mode(ImageOps.exif_transpose(im))
     except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a bad file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{option} {str(path)!r} cannot be read as an image ({reason})") from None
+        raise ValueError(f"{option} {str(path)!r} {why_unreadable(e)}") from None
 
 
 def read_image(path: str | Path, *, channels: int | None = None, size: tuple[int, int] | None = None,
-               option: str = "image") -> Tensor:
+               option: str = "image", max_pixels: int | None = None) -> Tensor:
     """One image file as (C, H, W) float32 in [-1, 1].
 
     ``channels`` (1 or 3) converts the mode; ``size`` (H, W) resizes the whole image (LANCZOS
-    when shrinking, BICUBIC when enlarging; no crop, so the aspect ratio follows ``size``).
+    when shrinking, BICUBIC when enlarging; no crop, so the aspect ratio follows ``size``);
+    ``max_pixels`` bounds the file's own size (see ``open_image``).
     """
-    img = open_image(path, option=option)
+    img = open_image(path, option=option, max_pixels=max_pixels)
     if channels is not None:
         img = img.convert("L" if channels == 1 else "RGB")
     if size is not None and (img.height, img.width) != tuple(size):

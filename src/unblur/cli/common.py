@@ -46,11 +46,8 @@ def resolve_config(args) -> tuple[Config, set[str]]:
     from ..config import apply_overrides, load_toml, parse_set
     from ..processes.cold import check_process_config
 
-    cfg, explicit = Config(), set()
-    if args.config:
-        toml = load_toml(args.config)
-        cfg = apply_overrides(cfg, toml)
-        explicit |= {f"{sec}.{k}" for sec, v in toml.items() if isinstance(v, dict) for k in v}
+    toml = load_toml(args.config) if args.config else {}
+    explicit = {f"{sec}.{k}" for sec, v in toml.items() if isinstance(v, dict) for k in v}
     over = parse_set(args.set)
     if getattr(args, "data", None):
         over["data.source"] = args.data
@@ -66,7 +63,7 @@ def resolve_config(args) -> tuple[Config, set[str]]:
         over["process.kind"] = args.process
     if getattr(args, "blend_data", None):
         over["process.blend_data"] = args.blend_data
-    cfg = apply_overrides(cfg, over)
+    cfg = apply_overrides(Config(), {**toml, **over})  # one resolve: the command line wins over the file
     check_process_config(cfg.process)
     return cfg, explicit | set(over)
 

@@ -76,19 +76,19 @@ def run_sample(args) -> int:
     run = Run.load(args.run, device=args.device)
     plan = run.plan(args.sampler, args.steps, args.grid)
     request = request_of(args, plan)
+    stream = run.sample(args.n, classes=args.class_ or [], prompts=request["prompts"],
+                        negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
+                        sampler=plan.sampler, steps=plan.steps, grid=args.grid, seed=args.seed, batch=args.batch,
+                        callback=lambda info: bar.update(1))  # the request is checked before a folder is touched
     out = Path(args.out) if args.out else default_out(args, plan, request)
     folder = SampleFolder(out, request, overwrite=args.overwrite)
     try:
-        bar = tqdm(unit="step", desc=f"sample {plan.sampler} x{plan.steps}", dynamic_ncols=True)
-        batches = run.sample(args.n, classes=args.class_ or [], prompts=request["prompts"],
-                             negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
-                             sampler=plan.sampler, steps=plan.steps, grid=args.grid, seed=args.seed,
-                             batch=args.batch, start=folder.done, callback=lambda info: bar.update(1))
+        batches = stream.starting_at(folder.done)
+        bar = tqdm(total=-(-(stream.total - folder.done) // args.batch) * plan.steps, unit="step",
+                   desc=f"sample {plan.sampler} x{plan.steps}", dynamic_ncols=True)
         t0, made, total = time.time(), 0, None
         try:
             for b in batches:
-                if bar.total is None:
-                    bar.total = -(-(b.total - b.start) // args.batch) * plan.steps
                 folder.write(b)
                 made, total = made + len(b.x), b.total
         except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_config_args, nonnegative_float, positive_float, positive_int, resolve_config
+from .common import add_config_args, positive_float, positive_int, resolve_config
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
     d = sub.add_parser("demo", help="train on the built-in digits for a few minutes, then sample")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--minutes", type=nonnegative_float, default=5.0)
+    d.add_argument("--minutes", type=positive_float, default=5.0)
     d.add_argument("--device", default=None)
     d.set_defaults(fn=run_demo)
 

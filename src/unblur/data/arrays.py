@@ -5,21 +5,26 @@
   last axis cannot be channels: images. uint8 is divided by 255, uint16 by 65535, bool is
   {0, 1}; floats must lie in [0, 1] (then mapped to [-1, 1]) or already in [-1, 1]. A fourth
   channel is alpha and is composited on white.
+* Safety: the header is read first. A file shorter than the array its header claims (truncated,
+  or a lying header) is refused, and so is an array that would not fit in
+  ``base.memory_budget()`` (its bytes plus a float32 copy), before anything is allocated.
 * Labels: ``NAME.labels.npy`` or ``NAME_labels.npy`` beside ``NAME.npy``, integers of shape
   (N,) and at least 0; the classes are named ``"0"`` .. ``str(max)``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .base import Data, as_size, check_channels, resize_center_crop, to_channels
+from .base import Data, as_size, check_channels, check_memory, resize_center_crop, to_channels
 
 _RANGE_TOL = 1e-3  # slack on the [0, 1] / [-1, 1] range checks of float images
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 # The loaders share their keyword options on purpose (load_data forwards them by name).
@@ -65,6 +70,7 @@ def load_npy(
 def _read(path: Path) -> np.ndarray:
     if not path.exists():
         raise ValueError(f"data file {str(path)!r} does not exist")
+    _check_header(path)
     try:
         a = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -89,6 +95,45 @@ def _read(path: Path) -> np.ndarray:
     if a.shape[0] == 0 or 0 in a.shape:
         raise ValueError(f"{path} has shape {a.shape}: it holds no data")
     return a
+
+
+def _check_header(path: Path) -> None:
+    """Refuse, from the header alone, an array the file cannot hold or memory cannot take.
+
+    Files that do not start with the .npy magic string are left to ``np.load`` (which reads
+    .npz archives and refuses pickles).
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                return
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            offset = f.tell()
+        file_size = path.stat().st_size
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as a .npy array: {e}") from None
+    if dtype.hasobject:
+        return  # np.load refuses it with allow_pickle=False, with its own message
+    count = math.prod(shape)
+    claimed = count * dtype.itemsize
+    if claimed > file_size - offset:
+        raise ValueError(
+            f"{path} is truncated or its header is wrong: the header claims an array of shape {shape} "
+            f"and dtype {dtype} ({claimed:,} bytes), but the file is {file_size:,} bytes in all. "
+            "Save the array again with np.save"
+        )
+    check_memory(
+        claimed + 4 * count,
+        f"loading {path} (shape {shape}, {dtype}, then float32)",
+        "save a part of it (np.save(path, np.load(path, mmap_mode='r')[:N])) or fewer or smaller images",
+    )
 
 
 def _images(path: Path, a: np.ndarray) -> tuple[torch.Tensor, str]:

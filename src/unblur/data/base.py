@@ -7,6 +7,7 @@ can hand it to a ``DataLoader`` with a ``DistributedSampler``.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -194,6 +195,31 @@ def random_shift(x: Tensor, generator: Generator, max_shift: int) -> Tensor:
     padded = torch.nn.functional.pad(x, (m, m, m, m), mode="replicate")
     b = torch.arange(B, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+FALLBACK_MEMORY = 8 * 2**30  # bytes assumed when the physical memory cannot be read
+
+
+def memory_budget() -> int:
+    """Bytes one data set may take while it loads: half the physical memory (half of 8 GiB
+    when it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf, or no such name on this system
+        total = FALLBACK_MEMORY
+    return (total if total > 0 else FALLBACK_MEMORY) // 2
+
+
+def check_memory(nbytes: int, what: str, fix: str) -> None:
+    """Refuse, before allocating, to load ``what`` when it needs more than ``memory_budget()``."""
+    budget = memory_budget()
+    if nbytes > budget:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.3g} GiB of memory, more than the {budget / 2**30:.3g} GiB "
+            f"a data set may use here (half of this machine's memory): {fix}"
+        )
 
 
 # -- image tensor helpers shared by the .npy and built-in loaders ----------------------------

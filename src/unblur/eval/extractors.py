@@ -274,8 +274,16 @@ def reference_features(
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     path = cache_dir() / f"{key}.safetensors"
     if use_cache and path.exists():
-        t = load_file(str(path))
-        return t["features"], t.get("probs"), True
+        try:
+            t = load_file(str(path))
+            if t["features"].ndim != 2 or len(t["features"]) != len(x):
+                raise ValueError(f"features of shape {tuple(t['features'].shape)} for {len(x)} images")
+            return t["features"], t.get("probs"), True
+        except Exception as e:  # noqa: BLE001 - a corrupt, truncated or foreign file: rebuild it
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"reference-feature cache file {str(path)!r} is unreadable ({reason}); deleting it "
+                          "and computing the features again", stacklevel=2)  # fmt: skip
+            path.unlink(missing_ok=True)
     feats, probs = extractor(x, **kwargs)
     if use_cache:
         tensors = {"features": feats.contiguous()}

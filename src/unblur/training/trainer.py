@@ -317,7 +317,7 @@ class Trainer:
             self.cfg = cfg
         self.conditioner = Conditioner(cfg, self.data, self.out, self.device, progress=progress and self.dist.main)
         self.data_info = replace(data_info_of(self.data), **self.conditioner.info)
-        if state is not None:
+        if state is not None and data is None:  # data loaded from the run's config: it must be the run's
             check_same_data(state.get("data_info") or {}, self.data_info, cfg.data.source)
         self.process = build_process(cfg, self.data_info)
         start = self.process.fit_start(self.data.x, seed=t.seed)  # e.g. blur's start, fitted once and saved
