@@ -64,7 +64,8 @@ def test_trajectory_toy_and_curves_from_runs(tmp_path):
     assert main(["show", "trajectory", str(digits), "--n", "2", "--steps", "5", "--levels", "5",
                  "--out", str(out), "--device", "cpu"]) == 0
     strip = Image.open(out)
-    assert strip.size == (5 * (8 * 8 + 16) + 16, 4 * (8 * 8 + 16) + 16 + 14)  # 5 steps, 2 samples x 2 rows
+    width, height = strip.size  # 5 steps, 2 samples x 2 rows, labelled above and on the left
+    assert height == 4 * (8 * 8 + 16) + 16 + 14 and 30 < width - (5 * (8 * 8 + 16) + 16) < 90
     assert Image.open(out.with_suffix(".gif")).n_frames >= 5
     assert main(["show", "curves", str(digits), "--out", str(tmp_path / "curves.png")]) == 0
     assert Image.open(tmp_path / "curves.png").size[0] > 400

@@ -42,8 +42,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "auto"  # unet | mlp | auto (unet for images, mlp for vectors)
-    base_channels: int | None = None  # U-Net width at the top level; None: sized to the data
-    channel_mult: tuple[int, ...] | None = None  # width multiplier per level; None: sized to the data
+    # The four U-Net sizes: None takes the preset for the image size and the device (nets.presets), which
+    # training writes into the run's config; a config saved with None builds the reference (GPU) sizes.
+    base_channels: int | None = None  # U-Net width at the top level
+    channel_mult: tuple[int, ...] | None = None  # width multiplier per level
     num_res_blocks: int | None = None  # residual blocks per level
     attn_resolutions: tuple[int, ...] | None = None  # downsampling factors with self-attention (1 = full size)
     dropout: float = 0.0  # dropout inside residual blocks
@@ -90,7 +92,7 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 10000  # optimizer steps (the run also stops at `minutes`)
+    steps: int = 10000  # optimizer steps (the run also stops at `minutes`); `unblur train` given neither: 10 minutes
     minutes: float | None = None  # wall-clock budget; None: no limit
     batch_size: int = 128  # images per optimizer step, over all processes and accumulation
     grad_accum: int = 1  # micro-batches per optimizer step

@@ -304,12 +304,14 @@ def read_image(path: str | Path, *, channels: int | None = None, size: tuple[int
 
 
 def write_image(x: Tensor, path: str | Path) -> None:
-    """One image (C, H, W) in [-1, 1] as a PNG (or the format of the suffix), written atomically."""
+    """One image (C, H, W) in [-1, 1] as a PNG (or the format of the suffix), written atomically
+    (a kill never leaves a partial file; not synced to the disk one by one: outputs come by the
+    thousand, and the records that list them are synced after them)."""
     path = Path(path)
     buf = io.BytesIO()
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     to_pil(x).save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), sync=False)
 
 
 # -- pictures ---------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 figure and training curves, as PNG and GIF.
 
 The forward strip takes any degradation ``degrade(x0, t) -> x_t`` with t in [0, 1] of shape
-(B,): the Gaussian processes are registered in ``DEGRADATIONS`` here, and other processes
-(e.g. cold degradations) join with ``register_degradation(name, factory)``, where
-``factory(device) -> degrade``.
+(B,): the Gaussian processes and the cold degradations are registered in ``DEGRADATIONS``
+here, and others join with ``register_degradation(name, factory)``, where ``factory(device)
+-> degrade``. A degradation that mixes in images of a data set (blend) is registered in
+``PARTNER_DEGRADATIONS`` as ``factory(partners) -> degrade``, partners (N, C, H, W).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ Degrade = Callable[[Tensor, Tensor], Tensor]
 """``degrade(x0, t) -> x_t``: x0 (B, ...) in [-1, 1], t (B,) in [0, 1], degrade(x0, 0) == x0."""
 
 DEGRADATIONS: dict[str, Callable[[torch.device], Degrade]] = {}
+PARTNER_DEGRADATIONS: dict[str, Callable[[Tensor], Degrade]] = {}  # name -> factory(partner images)
 
 
 def register_degradation(name: str, factory: Callable[[torch.device], Degrade]) -> None:
@@ -53,29 +55,58 @@ def _register_processes() -> None:
     register_degradation("vp-cosine", lambda device: process_degrade(DiscreteVP("cosine", 1000)))
     register_degradation("edm", lambda device: process_degrade(EDMProcess()))
     for kind in COLD_PROCESSES:
-        if kind != "blend":  # blend needs a second data set: show it from a trained run instead
+        if kind != "blend":
             register_degradation(kind, lambda device, kind=kind: process_degrade(ColdProcess(kind=kind)))
+    PARTNER_DEGRADATIONS["blend"] = lambda partners: process_degrade(ColdProcess(kind="blend", others=partners))
 
 
 _register_processes()
 
 
-def get_degrade(name: str, device: torch.device | str = "cpu") -> Degrade:
-    if name not in DEGRADATIONS:
-        raise choice_error("process to show", name, DEGRADATIONS)
+def get_degrade(name: str, device: torch.device | str = "cpu", *, partners: Tensor | None = None) -> Degrade:
+    """The degradation ``name`` shows; one of ``PARTNER_DEGRADATIONS`` mixes in ``partners`` (N, C, H, W)."""
+    check_degradation(name)
+    if name in PARTNER_DEGRADATIONS:
+        if partners is None or not len(partners):
+            raise ValueError(f"{name} mixes each image with another image of a data set: give the images to mix "
+                             "in (unblur show forward --data D uses other images of D)")
+        return PARTNER_DEGRADATIONS[name](partners)
     return DEGRADATIONS[name](torch.device(device))
+
+
+def check_degradation(name: str) -> None:
+    """Refuse a name that is in neither registry, with the nearest one."""
+    if name not in DEGRADATIONS and name not in PARTNER_DEGRADATIONS:
+        raise choice_error("process to show", name, [*DEGRADATIONS, *PARTNER_DEGRADATIONS])
 
 
 # -- pictures -----------------------------------------------------------------------------
 
 
-def _label_strip(img: Image.Image, labels: Sequence[str], cell_w: int, pad: int, height: int = 14) -> Image.Image:
-    """Put one text label above each column of a strip."""
-    out = Image.new(img.mode, (img.width, img.height + height), 255 if img.mode == "L" else (255, 255, 255))
+def _white(mode: str) -> int | tuple[int, int, int]:
+    return 255 if mode == "L" else (255, 255, 255)
+
+
+def _label_strip(img: Image.Image, labels: Sequence[str], cell_w: int, pad: int, height: int = 14,
+                 left: int = 0) -> Image.Image:
+    """Put one text label above each column of a strip (whose columns start ``left`` pixels in)."""
+    out = Image.new(img.mode, (img.width, img.height + height), _white(img.mode))
     out.paste(img, (0, height))
     draw = ImageDraw.Draw(out)
     for j, text in enumerate(labels):
-        draw.text((pad + j * (cell_w + pad) + 2, 1), text, fill=0 if img.mode == "L" else (0, 0, 0))
+        draw.text((left + pad + j * (cell_w + pad) + 2, 1), text, fill=0 if img.mode == "L" else (0, 0, 0))
+    return out
+
+
+def _label_rows(img: Image.Image, labels: Sequence[str], cell_h: int, pad: int) -> Image.Image:
+    """Put one text label left of each row of a grid; the margin fits the longest label."""
+    draw = ImageDraw.Draw(img)
+    width = int(max(draw.textlength(text) for text in labels)) + 6
+    out = Image.new(img.mode, (img.width + width, img.height), _white(img.mode))
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    for i, text in enumerate(labels):
+        draw.text((2, pad + i * (cell_h + pad) + cell_h // 2 - 5), text, fill=0 if img.mode == "L" else (0, 0, 0))
     return out
 
 
@@ -127,7 +158,8 @@ def _vp_view(x: Tensor, sigma: float) -> Tensor:
 
 def trajectory_pictures(infos: list[StepInfo], *, columns: int = 8) -> tuple[Image.Image, list[Image.Image]]:
     """A strip (per sample: a row of x_t, a row of x0_hat, over ``columns`` evenly spaced
-    steps) and animation frames ([x_t | x0_hat] grids at every step)."""
+    steps, each row labelled on the left with what it shows and the sample's index) and
+    animation frames ([x_t | x0_hat] grids at every step)."""
     total = len(infos)
     pick = sorted({round(i) for i in np.linspace(0, total - 1, min(columns, total))})
     n = len(infos[0].x)
@@ -139,14 +171,16 @@ def trajectory_pictures(infos: list[StepInfo], *, columns: int = 8) -> tuple[Ima
         rows.append(torch.stack([infos[i].x0_hat[b] for i in pick]))
     tiles = torch.cat(rows).clamp(-1, 1)  # (2n * len(pick), C, H, W)
     strip = make_grid(tiles, nrow=len(pick), scale=scale)
+    strip = _label_rows(strip, [f"{what} #{b}" for b in range(n) for what in ("x_t", "x0_hat")], H * scale,
+                        2 * scale)
+    margin = strip.width - (len(pick) * (infos[0].x.shape[-1] + 2) + 2) * scale
     labels = [f"{i + 1}/{total} s={float(infos[i].sigma_next):.2g}" for i in pick]
-    strip = _label_strip(strip, labels, infos[0].x.shape[-1] * scale, 2 * scale)
+    strip = _label_strip(strip, labels, infos[0].x.shape[-1] * scale, 2 * scale, left=margin)
     frames = []
     for info in infos:
         left = make_grid(_vp_view(info.x, float(info.sigma_next)).clamp(-1, 1), scale=scale)
         right = make_grid(info.x0_hat.clamp(-1, 1), scale=scale)
-        frame = Image.new(left.mode, (left.width + right.width + 8, left.height + 14),
-                          255 if left.mode == "L" else (255, 255, 255))
+        frame = Image.new(left.mode, (left.width + right.width + 8, left.height + 14), _white(left.mode))
         frame.paste(left, (0, 14))
         frame.paste(right, (left.width + 8, 14))
         ImageDraw.Draw(frame).text((2, 1), f"step {info.step + 1}/{info.total}  x_t | x0_hat",

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import traceback
 
 from .. import __version__
-from . import evaluate, info, restore, sample, show, train
+from . import data, evaluate, info, restore, sample, show, train
+from .common import DefaultsHelpFormatter
 
-COMMANDS = (train, sample, info, evaluate, show, restore)  # each adds its sub-commands, in this order
+COMMANDS = (train, data, sample, info, evaluate, show, restore)  # each adds its sub-commands, in this order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
+    for command in sub.choices.values():  # every command's help shows its defaults, even an option with no help
+        command.formatter_class = DefaultsHelpFormatter
+        for action in command._actions:
+            if action.help is None and action.option_strings and DefaultsHelpFormatter.says(action.default):
+                action.help = "(default: %(default)s)"
     return p
 
 
@@ -44,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"unblur {args.command}: error:"
     try:
         return args.fn(args)
+    except BrokenPipeError:  # the reader left (`unblur info RUN | head -1`): nothing more to say
+        _quiet_stdout()
+        return 0
     except ValueError as e:  # a bad value, file or combination: the message says what to do
         print(f"{prefix} {e}", file=sys.stderr)
         return 2
@@ -66,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 OOM = "out of memory: use a smaller --batch (or train.batch_size), data.size or model"
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail on the closed
+    pipe again (the recipe of Python's ``signal`` documentation, "Note on SIGPIPE")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _bug(prefix: str) -> int:

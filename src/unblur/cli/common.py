@@ -1,11 +1,36 @@
-"""What several commands share: config arguments, positive-number checks, progress bars."""
+"""What several commands share: config arguments, positive-number checks, CPU threads, progress bars."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 
 from ..config import Config
+
+SAMPLER_HELP = ("ddpm | ddim | euler | euler-ancestral | heun | dpmpp-2m | dpmpp-2m-sde | pc-langevin | cold | "
+                "cold-naive, or a web UI's name in any case: 'Euler a', 'DPM++ 2M', 'DPM++ 2M Karras' (also picks "
+                "the karras grid), 'DPM++ 2M SDE [Karras]', dpmpp_2m, euler_ancestral, ... (default: the run's)")
+GRID_HELP = ("karras | logsnr | leading | trailing | linspace | ddim | full (default: the run's sample.grid; auto is "
+             "trailing for a DDPM model, karras otherwise)")
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: a GPU when there is one, else the CPU)"
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that appends "(default: X)" to an option's help, where X says something:
+    not for None, a flag or an empty list, nor where the help already names its default."""
+
+    @staticmethod
+    def says(default: object) -> bool:
+        """Whether a default is worth showing (not None, a flag's bool or an empty list)."""
+        return default is not None and not isinstance(default, bool) and default != []
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not self.says(action.default) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -37,6 +62,33 @@ def positive_float(text: str) -> float:
 def nonnegative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
     return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: PyTorch's CPU threads for this command (as ``train.threads`` for training)."""
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads PyTorch may use (torch.set_num_threads; default: PyTorch's, one per core); "
+                   "on a machine shared with other work, --threads 1 is often faster")
+
+
+def apply_threads(args) -> None:
+    """Set ``--threads``; on a busy machine (1-minute load average above the core count) say so on
+    stderr, and suggest --threads 1 unless it is given. Called once a command's request is
+    checked, just before its work, so that a refused request still fails in one line."""
+    import torch
+
+    threads = getattr(args, "threads", None)
+    if threads:
+        torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        return
+    if load > cores and threads != 1:
+        print(f"note: this machine is busy (load average {load:.1f} on {cores} cores): PyTorch's threads will "
+              "compete with the other work; --threads 1 is often faster here, and timings are not comparable "
+              "with those of an idle machine", file=sys.stderr)
 
 
 def resolve_config(args) -> tuple[Config, set[str]]:

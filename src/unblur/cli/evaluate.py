@@ -7,15 +7,24 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .common import positive_int, progress_factory
+from .common import (
+    DEVICE_HELP,
+    GRID_HELP,
+    SAMPLER_HELP,
+    add_threads_arg,
+    apply_threads,
+    positive_int,
+    progress_factory,
+)
 
 
 def add_parser(sub) -> None:
+    from ..eval.report import DEFAULTS_HELP
+
     e = sub.add_parser("eval", help="FID/KID, precision/recall, IS, bits/dim or NLL of a run, beside a data floor")
     _common_eval_args(e)
-    e.add_argument("--metrics", help="comma-separated: fid,kid,pr,is,bpd,nll,psnr,ssim (default: fid,kid,pr,is "
-                   "for images, fid,kid,pr,nll for vectors; psnr,ssim for cold-diffusion runs)")
-    e.add_argument("--sampler", help="sampler for the generated samples (default: the run's)")
+    e.add_argument("--metrics", help=f"comma-separated: fid,kid,pr,is,bpd,nll,psnr,ssim (default: {DEFAULTS_HELP})")
+    e.add_argument("--sampler", help="sampler for the generated samples: " + SAMPLER_HELP)
     e.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's)")
     e.add_argument("--ode-steps", type=positive_int, help="RK4 steps of the probability-flow ODE (default 32)")
     e.add_argument("--likelihood-n", type=positive_int,
@@ -27,8 +36,10 @@ def add_parser(sub) -> None:
 
     s = sub.add_parser("sweep", help="sample quality against NFE and wall time, for several samplers")
     _common_eval_args(s)
-    s.add_argument("--samplers", default="ddim,heun,dpmpp-2m")
-    s.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
+    s.add_argument("--samplers", default="ddim,heun,dpmpp-2m", help="comma-separated sampler names (any that "
+                   "--sampler of unblur sample accepts); every row samples on one grid (--grid)")
+    s.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts; the wall-time column is "
+                   "comparable between rows only on an otherwise idle machine")
     s.add_argument("--out", help="output folder (default: RUN/sweep)")
     s.set_defaults(fn=run_sweep)
 
@@ -40,11 +51,12 @@ def _common_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, help="generated samples (default: half the real data)")
     p.add_argument("--features", default="auto",
                    help="auto | builtin:digits | inception:PATH | torchvision:ARCH:PATH | hf:PATH | pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=positive_int, default=256)
-    p.add_argument("--grid", help="sampling grid (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i; the real data's split uses it too")
+    p.add_argument("--batch", type=positive_int, default=256, help="samples per forward pass")
+    p.add_argument("--grid", help=GRID_HELP)
     p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_threads_arg(p)
 
 
 def load_real(args, run):
@@ -65,12 +77,9 @@ def load_real(args, run):
 
 
 def _settings(args, run, **changes):
-    from ..eval.report import DEFAULT_IMAGE_METRICS, DEFAULT_VECTOR_METRICS, EvalSettings, check_metrics
+    from ..eval.report import EvalSettings, check_metrics
 
-    if args.metrics:
-        metrics = check_metrics(args.metrics.split(","))
-    else:
-        metrics = DEFAULT_IMAGE_METRICS if run.is_image else DEFAULT_VECTOR_METRICS
+    metrics = check_metrics(args.metrics.split(",")) if args.metrics else None  # None: the run's defaults
     kwargs = dict(metrics=metrics, n=args.n, features=args.features, seed=args.seed, batch=args.batch,
                   use_cache=not args.no_cache)
     for name in ("ode_steps", "likelihood_n", "restore_level"):
@@ -89,6 +98,7 @@ def run_eval(args) -> int:
     plan = run.plan(args.sampler, args.steps, args.grid)
     real = load_real(args, run)
     settings = _settings(args, run, sampler=plan.sampler, steps=plan.steps, grid=plan.grid)
+    apply_threads(args)
     report = evaluate(run.sampling_denoiser(), run.process, run.data, real, settings=settings, device=run.device,
                       progress=progress_factory())
     report["run"] = str(args.run)
@@ -105,6 +115,7 @@ def summarize(report: dict) -> str:
     lines = [f"data: {report['data']}" + (f"; features: {report['features']}" if "features" in report else "")]
     if "warning" in report:
         lines.append(f"WARNING: {report['warning']}")
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     floor, noise = report.get("floor", {}), report.get("noise", {})
     for key, fmt in (("fid", ".3f"), ("kid", ".5f"), ("precision", ".3f"), ("recall", ".3f"), ("is", ".3f")):
         if report.get(key) is None:
@@ -114,7 +125,7 @@ def summarize(report: dict) -> str:
             line += f"   (data floor {floor[key]:{fmt}}"
             line += f", pure noise {noise[key]:{fmt}})" if key in noise else ")"
         if key == "kid":
-            line += f"  +- {report['kid_se']:.5f}"
+            line += f"  +- {report['kid_se']:.5f}  [{report.get('kid_scale', 'unscaled MMD^2')}]"
         lines.append(line)
     for key in ("bpd_ode", "bpd_vlb"):
         if report.get(key) is not None:
@@ -140,15 +151,14 @@ def run_sweep(args) -> int:
     real = load_real(args, run)
     args.metrics = "fid"
     settings = _settings(args, run, grid=run.plan(grid=args.grid).grid)
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    samplers = [_sweep_sampler(run, s.strip(), settings.grid) for s in args.samplers.split(",") if s.strip()]
     try:
         steps = [int(s) for s in args.steps.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--steps must be a comma-separated list of integers, got {args.steps!r}") from None
     if not steps or min(steps) < 1:
         raise ValueError(f"--steps must list positive integers, got {args.steps!r}")
-    for s in samplers:
-        run.plan(s)  # an unknown sampler, or one that does not apply to the run, fails before any work
+    apply_threads(args)
     result = sweep(run.sampling_denoiser(), run.process, run.data, real, samplers=samplers, steps=steps,
                    settings=settings, device=run.device, progress=progress_factory())
     out = Path(args.out) if args.out else Path(args.run) / "sweep"
@@ -161,3 +171,15 @@ def run_sweep(args) -> int:
     print(table)
     print(f"wrote {out}/sweep.json, sweep.md, sweep.png")
     return 0
+
+
+def _sweep_sampler(run, name: str, grid: str) -> str:
+    """A sampler of the sweep by its canonical name; an unknown sampler, one that does not apply to
+    the run, or a "Karras" alias on a sweep over another grid fails before any work."""
+    from ..sampling import resolve_sampler
+
+    plan = run.plan(name)
+    if resolve_sampler(name)[1] not in (None, grid):  # a "Karras" alias asks for a grid of its own
+        raise ValueError(f"the sweep samples every row on the {grid} grid, but {name!r} asks for the {plan.grid} "
+                         f"grid: pass --grid {plan.grid}, or name the sampler {plan.sampler!r}")
+    return plan.sampler

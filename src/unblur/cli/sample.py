@@ -6,24 +6,34 @@ import json
 import time
 from pathlib import Path
 
-from .common import nonnegative_float, positive_int
+from .common import (
+    DEVICE_HELP,
+    GRID_HELP,
+    SAMPLER_HELP,
+    add_threads_arg,
+    apply_threads,
+    nonnegative_float,
+    positive_int,
+)
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", help="run folder (or its model.safetensors)")
     s.add_argument("--n", type=positive_int, default=16, help="number of samples")
-    s.add_argument("--sampler", help="ddpm | ddim | euler | euler-ancestral | heun | dpmpp-2m | dpmpp-2m-sde | "
-                   "pc-langevin | cold | cold-naive (default: the run's)")
+    s.add_argument("--sampler", help=SAMPLER_HELP)
     s.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's)")
-    s.add_argument("--grid", help="karras | logsnr | leading | trailing | linspace | ddim | full")
+    s.add_argument("--grid", help=GRID_HELP)
     s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch")
     s.add_argument("--batch", type=positive_int, default=64, help="samples per forward pass")
     s.add_argument("--out", help="output folder (default: RUN/samples/SAMPLER-STEPS-seedSEED-HASH, one per request)")
     s.add_argument("--overwrite", action="store_true", help="replace the samples already in --out")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_threads_arg(s)
     s.add_argument("--class", dest="class_", action="append", metavar="NAME|INDEX",
-                   help="class to sample (repeatable; each gets --n samples)")
+                   help="class to sample (repeatable; each gets --n samples, and grid.png a row). Without it a "
+                   "class-conditional run's samples cycle through the classes, one class per row of grid.png when "
+                   "--n is a multiple of the class count")
     s.add_argument("--prompt", action="append", metavar="TEXT", help="caption to sample (repeatable; each gets --n)")
     s.add_argument("--prompt-file", metavar="FILE", help="a text file with one prompt per line")
     s.add_argument("--negative-prompt", metavar="TEXT", help="caption to guide away from (instead of the null)")
@@ -78,19 +88,20 @@ def run_sample(args) -> int:
     request = request_of(args, plan)
     stream = run.sample(args.n, classes=args.class_ or [], prompts=request["prompts"],
                         negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
-                        sampler=plan.sampler, steps=plan.steps, grid=args.grid, seed=args.seed, batch=args.batch,
+                        sampler=plan.sampler, steps=plan.steps, grid=plan.grid, seed=args.seed, batch=args.batch,
                         callback=lambda info: bar.update(1))  # the request is checked before a folder is touched
     out = Path(args.out) if args.out else default_out(args, plan, request)
     folder = SampleFolder(out, request, overwrite=args.overwrite)
+    apply_threads(args)  # the request is checked: the work starts
     try:
         batches = stream.starting_at(folder.done)
         bar = tqdm(total=-(-(stream.total - folder.done) // args.batch) * plan.steps, unit="step",
                    desc=f"sample {plan.sampler} x{plan.steps}", dynamic_ncols=True)
-        t0, made, total = time.time(), 0, None
+        t0, made = time.time(), 0
         try:
             for b in batches:
                 folder.write(b)
-                made, total = made + len(b.x), b.total
+                made += len(b.x)
         except KeyboardInterrupt:
             bar.close()
             raise KeyboardInterrupt(f"the {folder.done + made} samples made so far are kept in {out}/; run the "
@@ -101,5 +112,5 @@ def run_sample(args) -> int:
         folder.close()
     kept = f"; continued after {folder.done} kept samples" if folder.done else ""
     print(f"wrote {made} samples to {out}/ ({plan.sampler}, {plan.steps} steps, {nfe(plan.sampler, plan.steps)} "
-          f"NFE, {time.time() - t0:.1f} s{kept}); {picture.name} shows {min(total or folder.done, 256)}")
+          f"NFE, {time.time() - t0:.1f} s{kept}); {picture.name} shows {folder.shown}")
     return 0

@@ -9,26 +9,27 @@ import numpy as np
 import torch
 
 from ..images import save_png
-from .common import positive_int
+from .common import DEVICE_HELP, positive_int
 
 
 def add_parser(sub) -> None:
-    from ..show import DEGRADATIONS
+    from ..show import DEGRADATIONS, PARTNER_DEGRADATIONS
 
     p = sub.add_parser("show", help="pictures: forward | trajectory | toy | curves (PNG and GIF)")
     p.add_argument("what", choices=["forward", "trajectory", "toy", "curves"])
     p.add_argument("run", nargs="?", help="run folder (needed by trajectory, toy and curves)")
     p.add_argument("--data", help="forward/toy: data to draw (default: the run's, or builtin:digits)")
-    p.add_argument("--process", default="vp", help="forward without a run: " + " | ".join(sorted(DEGRADATIONS)))
+    p.add_argument("--process", default="vp", help="forward without a run: " + " | ".join(sorted(DEGRADATIONS)) +
+                   " | " + " | ".join(sorted(PARTNER_DEGRADATIONS)) + " (which mixes in other images of --data)")
     p.add_argument("--size", type=positive_int, help="forward: resize the images")
     p.add_argument("--n", type=positive_int, default=4, help="images (rows)")
     p.add_argument("--levels", type=int, default=8, help="columns: levels of t (forward) or steps shown (trajectory)")
     p.add_argument("--points", type=positive_int, default=2000, help="toy: points drawn")
     p.add_argument("--sampler", help="trajectory/toy: sampler (default: the run's)")
     p.add_argument("--steps", type=positive_int, help="trajectory/toy: sampler steps (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="PNG path (a GIF is written beside it)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn, and the noise of the process")
+    p.add_argument("--out", help="PNG path, a GIF written beside it (default: RUN/NAME.png, or forward.png)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(fn=run_show)
 
 
@@ -97,12 +98,11 @@ def _forward(args) -> int:
         from ..runs import Run
 
         run = Run.load(args.run, device="cpu")
-        degrade = show.process_degrade(run.process, seed=args.seed)
         source = args.data or run.config.data.source
         name = f"the run's {run.process!r}"
         device = torch.device("cpu")
     else:
-        degrade = show.get_degrade(args.process, device)
+        show.check_degradation(args.process)  # an unknown name fails before any loading
         source = args.data or "builtin:digits"
         name = args.process
     if args.levels < 2:
@@ -115,7 +115,13 @@ def _forward(args) -> int:
         data = load_data(source, size=args.size)
     if data.kind != "image":
         raise ValueError(f"show forward draws images; {source!r} holds vectors (use `unblur show toy` for 2-D data)")
-    x0 = data.x[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.n]]
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
+    x0 = data.x[order[: args.n]]
+    if args.run:
+        degrade = show.process_degrade(run.process, seed=args.seed)
+    else:  # blend mixes in the other images of the data (all of them if every one is shown)
+        partners = data.x[order[args.n :]] if len(data) > args.n else data.x
+        degrade = show.get_degrade(args.process, device, partners=partners)
     if args.run and tuple(x0.shape[1:]) != tuple(run.data.shape):
         raise ValueError(f"the run degrades images of shape {tuple(run.data.shape)}, but {source!r} holds "
                          f"{tuple(x0.shape[1:])}: give --data with images of the run's size, or --size")

@@ -32,23 +32,54 @@ def add_parser(sub) -> None:
     d.set_defaults(fn=run_demo)
 
 
+DEFAULT_MINUTES = 10.0  # the budget of `unblur train` given neither --steps nor --minutes (nor train.steps/minutes)
+BUDGET_KEYS = {"train.steps", "train.minutes"}
+
+
 def run_train(args) -> int:
+    from ..config import apply_overrides
     from ..training import train
 
     cfg, explicit = resolve_config(args)
+    default_budget = not args.resume and not explicit & BUDGET_KEYS
+    if default_budget:  # the clock decides; a library call keeps train.steps (resume: the run's own budget)
+        cfg = apply_overrides(cfg, {"train.minutes": DEFAULT_MINUTES, "train.steps": 10**9})
     if args.dry_run:
         print(cfg.to_json())
         return 0
     if args.resume and args.overwrite:
         raise ValueError("give either --resume (continue the run) or --overwrite (replace it), not both")
+    if default_budget:
+        say(f"budget: {DEFAULT_MINUTES:g} minutes, the default (give --steps N or --minutes M to choose)")
+    if not args.resume and "data.source" not in explicit:
+        say(f"no --data given: training on the built-in 8x8 digits ({cfg.data.source}); --data FOLDER trains on "
+            "your images")
     out = Path(args.out)
-    summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, explicit=explicit)
-    for note in summary["notes"]:
-        print(note)
+    summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, explicit=explicit, report=say)
     print(f"trained {summary['step']} steps (stopped by {summary['stopped_by']}), last loss "
           f"{summary.get('loss', float('nan')):.4f}; run in {out}/, samples in {summary['grid']}")
     # A run stopped by SIGINT or SIGTERM was saved, but did not finish: a scheduler must see that.
     return 128 + summary["signal"] if summary.get("signal") else 0
+
+
+def say(line: str) -> None:
+    """Print one line about the run on stdout without breaking a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line)
+
+
+def unblur_command() -> str:
+    """How to run ``unblur`` from here: the virtual environment's script as a path relative to the
+    current folder (``.venv/bin/unblur`` after ``make demo``), else plain ``unblur``."""
+    import os
+    import sys
+
+    script = Path(sys.executable).parent / "unblur"
+    if not script.exists():
+        return "unblur"
+    rel = os.path.relpath(script)
+    return rel if not rel.startswith("..") else str(script)
 
 
 def run_demo(args) -> int:
@@ -66,14 +97,18 @@ def run_demo(args) -> int:
         "train.sample_every": 0,
         "train.checkpoint_every": 200,
     })
-    print(f"unblur demo: training on the 8x8 digits for {args.minutes} minutes into {out}/ "
+    print(f"unblur demo: training on the 8x8 digits for {args.minutes:g} minutes into {out}/ "
           "(Ctrl-C stops early and keeps the checkpoint)")
-    summary = train(cfg, out, overwrite=True)
+    # explicit=None: the demo stays unconditional (the digits' classes are not used), as it was measured.
+    summary = train(cfg, out, overwrite=True, report=say)
     sample_args = argparse.Namespace(run=str(out), n=64, sampler=None, steps=None, grid=None, seed=0, batch=64,
                                      overwrite=True,
                                      out=str(out / "samples" / "demo"), device=args.device or "auto", class_=None,
                                      prompt=None, prompt_file=None, negative_prompt=None, image=None, guidance=None)
     run_sample(sample_args)
+    unblur = unblur_command()
     print(f"\ndone: {summary['step']} steps. Samples: {out}/samples/demo/grid.png")
-    print(f"next: unblur sample {out} --n 16 --sampler heun --steps 18")
+    print(f"next: {unblur} sample {out} --n 16 --sampler heun --steps 18")
+    if unblur != "unblur":
+        print(f"      (or `source {Path(unblur).parent / 'activate'}` first, then `unblur sample {out} ...`)")
     return 0

@@ -26,8 +26,14 @@ from .extractors import FeatureExtractor, load_extractor, reference_features
 from .metrics import frechet_distance, inception_score, kernel_inception_distance, precision_recall
 
 METRICS = ("fid", "kid", "pr", "is", "bpd", "nll", "psnr", "ssim")
-DEFAULT_IMAGE_METRICS = ("fid", "kid", "pr", "is")
+DEFAULT_IMAGE_METRICS = ("fid", "kid", "pr", "is")  # "is" left out where the features give no class probabilities
 DEFAULT_VECTOR_METRICS = ("fid", "kid", "pr", "nll")
+DEFAULT_COLD_METRICS = ("psnr", "ssim")  # and the image metrics where the degradation can generate
+DEFAULTS_HELP = (f"{','.join(DEFAULT_IMAGE_METRICS)} for images (without is where the features give no class "
+                 f"probabilities: --features pixels, or auto on a folder); {','.join(DEFAULT_VECTOR_METRICS)} for "
+                 f"vectors; {','.join(DEFAULT_COLD_METRICS)} for cold-diffusion runs, plus "
+                 f"{','.join(DEFAULT_IMAGE_METRICS)} where the degradation generates (blur, mask, blend, noise)")
+KID_SCALE = "unscaled MMD^2 (papers often print KID x 1e3)"
 
 Progress = Callable[[str, int], Callable[[int], None]]
 """``progress(description, total)`` returns ``update(k)``; the CLI passes tqdm bars."""
@@ -39,7 +45,7 @@ def _no_progress(desc: str, total: int) -> Callable[[int], None]:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    metrics: tuple[str, ...] = DEFAULT_IMAGE_METRICS  # any of METRICS
+    metrics: tuple[str, ...] | None = None  # any of METRICS; None: ``default_metrics`` (DEFAULTS_HELP)
     n: int | None = None  # generated samples; None: as many as the floor half holds
     features: str = "auto"  # feature network spec (see extractors.py)
     sampler: str = "dpmpp-2m"
@@ -68,6 +74,16 @@ def check_metrics(names: Sequence[str]) -> tuple[str, ...]:
     if not out:
         raise ValueError(f"no metrics asked for: give --metrics with some of {', '.join(METRICS)}")
     return tuple(dict.fromkeys(out))
+
+
+def default_metrics(info: dict, process) -> tuple[str, ...]:
+    """What ``evaluate`` measures when no metrics are named (see DEFAULTS_HELP): restoration for a
+    cold-diffusion run (and sample quality where its degradation can generate), sample quality
+    and likelihood otherwise."""
+    gen = DEFAULT_IMAGE_METRICS if info["kind"] == "image" else DEFAULT_VECTOR_METRICS
+    if getattr(process, "restores", False):
+        return DEFAULT_COLD_METRICS + (gen if getattr(process, "can_generate", False) else ())
+    return gen
 
 
 def check_data(real: Data, info: dict) -> None:
@@ -165,8 +181,14 @@ def evaluate(
     device: torch.device,
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
-    """The whole report: metrics of generated samples, the floor, baselines, likelihoods, settings."""
-    metrics = check_metrics(settings.metrics)
+    """The whole report: metrics of generated samples, the floor, baselines, likelihoods, settings.
+
+    With no ``settings.metrics``, the defaults for the data and process (``default_metrics``);
+    of those, the Inception Score is left out, and the report's ``notes`` say so, where the
+    features give no class probabilities (asked for by name, it is an error there).
+    """
+    given = settings.metrics is not None
+    metrics = check_metrics(settings.metrics) if given else default_metrics(info, process)
     check_data(real, info)
     is_image = info["kind"] == "image"
     if not is_image and "bpd" in metrics:
@@ -185,7 +207,7 @@ def evaluate(
                 f"too few samples: {len(real)} real items give halves of {len(ref)}, and --n is {n}; "
                 f"{', '.join(sample_metrics)} need at least {need} in each set (use more data or a larger --n)"
             )
-    report: dict[str, Any] = {"data": real.source, "model_shape": list(info["shape"])}
+    report: dict[str, Any] = {"data": real.source, "model_shape": list(info["shape"]), "notes": []}
     settings_out = asdict(settings) | {"n": n, "metrics": list(metrics), "reference_items": len(ref),
                                        "floor_items": min(n, len(floor_x))}
     timings: dict[str, float] = {}
@@ -194,8 +216,14 @@ def evaluate(
         ext = (load_extractor(settings.features, device=device, data_source=real.source) if is_image
                else vector_extractor(device))
         if "is" in sample_metrics and not ext.has_probs:
-            raise ValueError(f"the Inception Score needs a classifier, and {ext.label} gives no class probabilities: "
-                             "use --features builtin:NAME or a torchvision classifier, or drop 'is'")
+            if given:
+                raise ValueError(f"the Inception Score needs a classifier, and {ext.label} gives no class "
+                                 "probabilities: use --features builtin:NAME or a torchvision classifier, or drop 'is'")
+            sample_metrics.remove("is")
+            metrics = tuple(m for m in metrics if m != "is")
+            settings_out["metrics"] = list(metrics)
+            report["notes"].append(f"the Inception Score (is) was left out of the default metrics: {ext.label} gives "
+                                   "no class probabilities (use --features builtin:NAME or a torchvision classifier)")
         settings_out["features"] = ext.id
         report["features"] = ext.label
         t0 = time.perf_counter()
@@ -210,6 +238,8 @@ def evaluate(
         timings["sampling_s"] = round(seconds, 2)
         fake_f, fake_p = ext(fake, batch=settings.batch)
         report.update(compare(fake_f, ref_f, sample_metrics, settings, fake_probs=fake_p))
+        if "kid" in sample_metrics:
+            report["kid_scale"] = KID_SCALE
 
         floor_f, floor_p = ext(floor_x[:n], batch=settings.batch)
         report["floor"] = compare(floor_f, ref_f, sample_metrics, settings, fake_probs=floor_p)
@@ -382,14 +412,19 @@ def sweep(
 
 def sweep_table(result: dict) -> str:
     """A Markdown table of a sweep, with the floor as its last line."""
-    lines = ["| sampler | steps | NFE | seconds | FID | KID | precision | recall |",
+    lines = ["| sampler | steps | NFE | seconds* | FID | KID (MMD^2) | precision | recall |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['seconds']:.2f} | {r['fid']:.3f} | "
                      f"{r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} |")
     f = result["floor"]
     lines.append(f"| data floor | | | | {f['fid']:.3f} | {f['kid']:.4f} | {f['precision']:.3f} | {f['recall']:.3f} |")
+    lines += ["", f"\\* {WALL_TIME_NOTE}; KID is the {KID_SCALE}."]
     return "\n".join(lines)
+
+
+WALL_TIME_NOTE = ("seconds: wall time of sampling on this machine, comparable between rows (and runs) only when "
+                  "measured on an otherwise idle machine")
 
 
 def sweep_plot(result: dict, path) -> None:
@@ -405,7 +440,7 @@ def sweep_plot(result: dict, path) -> None:
         rows = [r for r in result["rows"] if r["sampler"] == s]
         axes[0].plot([r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=s)
         axes[1].plot([r["seconds"] for r in rows], [r["fid"] for r in rows], "o-", label=s)
-    for ax, xl in zip(axes, ("denoiser evaluations (NFE)", "wall time of sampling (s)")):
+    for ax, xl in zip(axes, ("denoiser evaluations (NFE)", "wall time of sampling (s; comparable on an idle machine)")):
         ax.axhline(result["floor"]["fid"], color="gray", ls="--", label="data floor")
         ax.set_xscale("log")
         ax.set_yscale("log")

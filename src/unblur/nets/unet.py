@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..types import Cond
 from ..utils import zero_init
 from .layers import Attention, Downsample, NoiseEmbedding, ResBlock, Upsample
+from .presets import unet_preset
 
 
 @dataclass(frozen=True)
@@ -269,40 +270,32 @@ def default_unet_config(
     size: tuple[int, int] | int,
     channels: int = 3,
     *,
+    device: str | None = None,
     num_classes: int = 0,
     context_dim: int | None = None,
     image_cond_channels: int = 0,
     out_channels: int | None = None,
     dropout: float = 0.0,
 ) -> UNetConfig:
-    """A sensible U-Net for images of ``size`` = (H, W) with ``channels`` channels.
+    """A sensible U-Net for images of ``size`` = (H, W) with ``channels`` channels on ``device``
+    (a device type; None: the reference sizes, which a saved config with sizes None builds).
 
-    Levels grow with the image: 8 px -> 2 levels, 16 -> 2, 32 -> 3, 64 -> 4, 128 and up -> 5,
-    capped so that H and W stay divisible. Small images get small widths (8x8 or 16x16 digits:
-    about 1M parameters, hundreds of images per second on a 2-core CPU); attention sits at the
-    coarsest levels, where it is cheap.
+    The sizes come from ``nets.presets``: levels grow with the image (8 and 16 px -> 2 levels,
+    32 -> 3, 64 -> 4, larger -> 5, capped so that H and W stay divisible); a CPU gets width 32
+    and one block per level above 16 px, the reference 64 and two, with attention at the
+    coarsest levels. Self-attention sits in the middle block above 8 px.
     """
     H, W = (size, size) if isinstance(size, int) else tuple(size)
     side = min(H, W)
-    if side <= 16:
-        base, mult, blocks, attn = 32, (1, 2), 2, ()
-    elif side <= 32:
-        base, mult, blocks, attn = 64, (1, 2, 2), 2, (4,)
-    elif side <= 64:
-        base, mult, blocks, attn = 64, (1, 2, 2, 4), 2, (4, 8)
-    else:
-        base, mult, blocks, attn = 64, (1, 1, 2, 2, 4), 2, (8, 16)
-    # Keep H and W divisible by 2**(levels-1): drop the coarsest levels otherwise.
-    while len(mult) > 1 and (H % 2 ** (len(mult) - 1) or W % 2 ** (len(mult) - 1)):
-        mult = mult[:-1]
-    attn = tuple(a for a in attn if a < 2 ** len(mult))
+    _, chosen = unet_preset((H, W), device)
+    base = chosen.base_channels
     return UNetConfig(
         in_channels=channels,
         out_channels=channels if out_channels is None else out_channels,
         base_channels=base,
-        channel_mult=mult,
-        num_res_blocks=blocks,
-        attn_resolutions=attn,
+        channel_mult=chosen.channel_mult,
+        num_res_blocks=chosen.num_res_blocks,
+        attn_resolutions=chosen.attn_resolutions,
         mid_attention=side > 8 or bool(context_dim),
         head_channels=32,
         dropout=dropout,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..types import Callback, Cond, Denoiser, Generator, Process
-from ..utils import choice_error
 from .cold import COLD_SAMPLERS, sample_cold, sample_cold_naive
 from .samplers import (
     check_grid,
@@ -36,12 +37,65 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+# The names AUTOMATIC1111's web UI and ComfyUI give the samplers (matched case-insensitively,
+# runs of spaces as one): name -> (sampler, grid or None). A "Karras" name also asks for the
+# Karras grid.
+SAMPLER_ALIASES: dict[str, tuple[str, str | None]] = {
+    "euler a": ("euler-ancestral", None),  # AUTOMATIC1111
+    "dpm++ 2m": ("dpmpp-2m", None),
+    "dpm++ 2m karras": ("dpmpp-2m", "karras"),
+    "dpm++ 2m sde": ("dpmpp-2m-sde", None),
+    "dpm++ 2m sde karras": ("dpmpp-2m-sde", "karras"),
+    "euler_ancestral": ("euler-ancestral", None),  # ComfyUI
+    "dpmpp_2m": ("dpmpp-2m", None),
+    "dpmpp_2m_sde": ("dpmpp-2m-sde", None),
+}
+
+
+def _squash(name: str) -> str:
+    """A name with case, spaces, dashes and underscores gone and "++" read as "pp": the key near misses share."""
+    return re.sub(r"[\s_-]+", "", name.lower().replace("++", "pp"))
+
+
+def sampler_error(name: str) -> ValueError:
+    """An unknown sampler name: the one it nearly spells (ignoring case, spaces, dashes and
+    underscores, "++" as "pp"), else the closest by spelling, and every accepted name."""
+    def offer(key: str) -> str:  # the sampler an alias names, or the alias itself where it picks a grid too
+        sampler, grid = SAMPLER_ALIASES.get(key, (key, None))
+        return key if grid else sampler
+
+    by_squash = {_squash(k): offer(k) for k in [*SAMPLERS, *SAMPLER_ALIASES]}
+    near = by_squash.get(_squash(name))
+    if near is None:  # "euler ancestal": the closest spelling, the "a" / SDE variants kept apart from their namesakes
+        close = difflib.get_close_matches(name.lower(), [*SAMPLERS, *SAMPLER_ALIASES], n=1, cutoff=0.75)
+        near = offer(close[0]) if close else None
+    hint = f" (did you mean {near!r}?)" if near else ""
+    aliases = ", ".join(f"{k!r}" for k in SAMPLER_ALIASES)
+    return ValueError(f"unknown sampler {name!r}{hint}; accepted: {', '.join(SAMPLERS)}, and the web UIs' names "
+                      f"{aliases} (any case; 'DPM++ 2M Karras' and 'DPM++ 2M SDE Karras' also pick the karras grid)")
+
+
+def resolve_sampler(name: str) -> tuple[str, str | None]:
+    """(sampler, grid or None) for a sampler name or a web UI's alias ("Euler a", "DPM++ 2M Karras").
+
+    The grid is that of a "Karras" alias and None otherwise; an unknown name is a ValueError
+    with the nearest accepted one and the list.
+    """
+    key = " ".join(str(name).lower().split())
+    if key in SAMPLERS:
+        return key, None
+    if key in SAMPLER_ALIASES:
+        return SAMPLER_ALIASES[key]
+    raise sampler_error(name)
+
+
 def get_sampler(name: str) -> Callable[..., Tensor]:
-    """The sampler registered under ``name`` (ValueError listing the names otherwise)."""
+    """The sampler registered under ``name`` (ValueError listing the names otherwise; an alias
+    is resolved by ``resolve_sampler`` first)."""
     try:
         return SAMPLERS[name]
     except KeyError:
-        raise choice_error("sampler", name, SAMPLERS) from None
+        raise sampler_error(name) from None
 
 
 def nfe(name: str, steps: int, **options) -> int:
@@ -91,10 +145,12 @@ def generate(
 __all__ = [
     "COLD_SAMPLERS",
     "SAMPLERS",
+    "SAMPLER_ALIASES",
     "check_grid",
     "generate",
     "get_sampler",
     "nfe",
+    "resolve_sampler",
     "sample_cold",
     "sample_cold_naive",
     "sample_ddim",

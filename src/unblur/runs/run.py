@@ -1,0 +1,326 @@
+"""A trained run as a library object: open it, build its sampling denoiser, sample, restore.
+
+Every front end (the CLI, eval, sweep, show, restore, the trainer's sample grids, the
+benchmarks, and later a web page) goes through ``Run``; nothing here imports the CLI,
+argparse or a progress bar. Progress flows through ``StepInfo`` callbacks.
+
+    run = Run.load("runs/digits")
+    for batch in run.sample(16, classes=["3"], sampler="heun", steps=18, seed=0):
+        ...  # batch.x (b, C, H, W) in [-1, 1], batch.records one dict per sample
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import Config
+from ..guidance import cfg as guide
+from ..guidance import clip_x0
+from ..sampling import generate, resolve_sampler
+from ..types import Callback, Cond, DataInfo, Denoiser, Generator, Process
+from ..utils import resolve_device, seeded_generators
+from .build import build_denoiser, build_net, build_process, sampling_grid
+from .checkpoint import MODEL_FILE, load_model
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """The sampler, step count and grid of a request, resolved against the run's defaults."""
+
+    sampler: str
+    steps: int
+    grid: str
+
+
+@dataclass
+class SampleBatch:
+    """One batch of ``Run.sample``: samples ``start .. start + len(x) - 1`` of the request."""
+
+    start: int
+    x: Tensor  # (b, *shape) float32 on the CPU, in the data scale ([-1, 1] for images)
+    records: list[dict]  # one per sample: seed, sampler, steps, grid and its context
+    total: int  # samples in the whole request
+
+
+@dataclass
+class SampleStream:
+    """A checked sampling request; iterating it makes its batches (``Run.sample``)."""
+
+    run: Run
+    plan: SamplingPlan
+    ctx: object  # the request's contexts (``unblur.conditioning.SampleContext``)
+    requests: list[dict]
+    seed: int
+    batch: int
+    start: int = 0
+    callback: Callback | None = None
+
+    @property
+    def total(self) -> int:
+        """Samples in the whole request."""
+        return len(self.requests)
+
+    def __iter__(self) -> Iterator[SampleBatch]:
+        return self.starting_at(self.start)
+
+    def starting_at(self, start: int) -> Iterator[SampleBatch]:
+        """The batches from sample ``start`` on (batch boundaries start there)."""
+        return self.run._batches(self, start)
+
+
+class Run:
+    """A trained run: config, data description, network, process and denoiser on a device.
+
+    ``denoiser`` is the plain network denoiser; ``sampling_denoiser`` adds guidance and then
+    clipping, decided in this one place.
+    """
+
+    def __init__(self, config: Config, data: DataInfo, net: nn.Module, process: Process, *,
+                 device: torch.device | str = "cpu", path: str | Path | None = None):
+        self.config, self.data, self.net, self.process = config, data, net, process
+        self.device = torch.device(device)
+        self.path = Path(path) if path is not None else None
+        self.denoiser: Denoiser = build_denoiser(config, net, process)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> Run:
+        """Open a run folder written by ``unblur train`` (or its ``model.safetensors``)."""
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"run {str(path)!r} does not exist: give a folder written by `unblur train --out`")
+        state, cfg, info = load_model(path / MODEL_FILE if path.is_dir() else path)
+        dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        net = build_net(cfg, info)
+        net.load_state_dict(state)
+        net = net.to(dev).eval().requires_grad_(False)
+        return cls(cfg, info, net, build_process(cfg, info), device=dev, path=path if path.is_dir() else path.parent)
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "this run"
+
+    @property
+    def is_image(self) -> bool:
+        return self.data.kind == "image"
+
+    # -- sampling ---------------------------------------------------------------------------
+    def plan(self, sampler: str | None = None, steps: int | None = None, grid: str | None = None) -> SamplingPlan:
+        """The sampler, steps and grid of a request: the given values (checked) or the run's.
+
+        A run whose configured sampler does not apply to its process (a cold run saved with the
+        Gaussian default) uses its process's default sampler. ``sampler`` may be a web UI's
+        name ("Euler a", "DPM++ 2M Karras": ``sampling.resolve_sampler``); the plan holds the
+        canonical one, and a "Karras" name's grid, unless ``grid`` asks for another (refused).
+        """
+        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        s = self.config.sample
+        if sampler is None:
+            sampler = s.sampler if s.sampler in self.process.samplers else self.process.default_sampler
+        named, alias_grid = resolve_sampler(sampler)  # an unknown name lists the known ones
+        if alias_grid and grid and grid != alias_grid:
+            raise ValueError(f"the sampler {sampler!r} samples on the {alias_grid} grid, but the grid asked for is "
+                             f"{grid!r}: drop --grid, or name the sampler {named!r} to use the {grid} grid")
+        sampler, grid = named, grid or alias_grid
+        if sampler not in self.process.samplers:
+            raise ValueError(f"the {sampler} sampler does not apply to {self.name}'s {self.process.kind} process; "
+                             f"use one of: {', '.join(self.process.samplers)}")
+        return SamplingPlan(sampler, int(steps if steps is not None else s.steps), sampling_grid(self.config, grid))
+
+    def sampling_denoiser(self, *, guidance: float = 1.0, uncond: Cond = None) -> Denoiser:
+        """The denoiser samplers walk: guided towards the context (one batched forward of the
+        conditional and unconditional halves) when ``guidance != 1``, then clipped to the data
+        range for images when ``sample.clip`` is set."""
+        den = self.denoiser
+        if uncond is not None and guidance != 1.0:
+            den = guide(den, guidance, uncond)
+        if self.is_image and self.config.sample.clip:
+            den = clip_x0(den)
+        return den
+
+    def requests(self, *, classes: Sequence[str | int] = (), prompts: Sequence[str] = (),
+                 negative_prompt: str | None = None, image: str | Path | None = None,
+                 guidance: float | None = None):
+        """The contexts a sampling request asks for (``unblur.conditioning.SampleContext``)."""
+        from ..conditioning import SampleContext
+
+        return SampleContext(self.config, self.data, self.net, self.device, classes=list(classes),
+                             prompts=list(prompts), negative=negative_prompt,
+                             image=None if image is None else str(image), guidance=guidance, run=self.name)
+
+    def generate(self, n: int, *, plan: SamplingPlan, cond: Cond = None, uncond: Cond = None,
+                 guidance: float = 1.0, generator: Generator = None, callback: Callback | None = None) -> Tensor:
+        """One batch of ``n`` samples for the contexts ``cond`` (float32 on the run's device)."""
+        den = self.sampling_denoiser(guidance=guidance, uncond=uncond)
+        with torch.no_grad():
+            return generate(den, (n, *self.data.shape), process=self.process, sampler=plan.sampler,
+                            steps=plan.steps, grid=plan.grid, cond=cond, generator=generator, device=self.device,
+                            callback=callback)
+
+    def sample(self, n: int = 16, *, classes: Sequence[str | int] = (), prompts: Sequence[str] = (),
+               negative_prompt: str | None = None, image: str | Path | None = None, guidance: float | None = None,
+               sampler: str | None = None, steps: int | None = None, grid: str | None = None, seed: int = 0,
+               batch: int = 64, start: int = 0, callback: Callback | None = None) -> SampleStream:
+        """Samples for every combination of the given classes and prompts (``n`` each), batch by
+        batch: sample i uses seed ``seed + i`` whatever the batch, and each batch is yielded
+        (on the CPU) before the next is made, so a caller never holds more than one.
+
+        The request is checked here, before anything is made; the returned ``SampleStream``
+        makes the batches as it is iterated. ``start``: the first sample to make (a request
+        continued after an interruption gives the same samples from there on; see
+        ``SampleStream.starting_at``). A batch with a non-finite value is an error (damaged
+        weights, or a diverged run), raised before the batch is yielded.
+        """
+        for name, v in (("n", n), ("batch", batch)):
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        plan = self.plan(sampler, steps, grid)
+        ctx = self.requests(classes=classes, prompts=prompts, negative_prompt=negative_prompt, image=image,
+                            guidance=guidance)
+        return SampleStream(self, plan, ctx, ctx.requests(n), seed=seed, batch=batch, start=start, callback=callback)
+
+    def _batches(self, stream: SampleStream, start: int) -> Iterator[SampleBatch]:
+        plan, ctx, reqs, seed = stream.plan, stream.ctx, stream.requests, stream.seed
+        if not 0 <= start <= len(reqs):
+            raise ValueError(f"start must lie in 0..{len(reqs)}, got {start}")
+        for first in range(start, len(reqs), stream.batch):
+            chunk = reqs[first : first + stream.batch]
+            gens = seeded_generators(range(seed + first, seed + first + len(chunk)), device=self.device)
+            cond, uncond = ctx.cond(chunk)
+            x = self.generate(len(chunk), plan=plan, cond=cond, uncond=uncond, guidance=ctx.guidance,
+                              generator=gens, callback=stream.callback)
+            bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+            if bad:
+                raise ValueError(f"{bad} of {len(x)} samples ({first}..{first + len(x) - 1}) hold NaN or infinite "
+                                 f"values: {self.name}'s weights may be damaged or its training diverged")
+            records = [{"index": first + i, "seed": seed + first + i, "sampler": plan.sampler, "steps": plan.steps,
+                        "grid": plan.grid, **ctx.record(r)} for i, r in enumerate(chunk)]
+            yield SampleBatch(first, x.float().cpu(), records, len(reqs))
+
+    def check_restorable(self, shape: Sequence[int], *, what: str = "the image") -> None:
+        """Refuse to restore an image of shape (C, H, W) whose channels differ from the run's, in
+        words that say which restorer would fit. Any H and W are fine (see ``restore``)."""
+        if not getattr(self.process, "restores", False):
+            raise ValueError(f"{self.name} was trained with the Gaussian process {self.process.kind!r}; restoring "
+                             "needs a cold-diffusion run (unblur train --process blur, ...)")
+        C, c = self.data.shape[0], int(shape[0])
+        if c != C:
+            (want, count), (got, _) = _channels(C), _channels(c)
+            raise ValueError(f"run {self.name} restores {want} images ({count}) but {what} is {got}: train a "
+                             f"restorer on {got} images (--set data.channels={c}) or convert the image to {want}")
+
+    def restore(self, x_t: Tensor, level: float | Tensor | None = None, *, sampler: str | None = None,
+                steps: int | None = None, seed: int = 0, callback: Callback | None = None,
+                tile: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """(restored images, the level of each) for degraded images x_t (B, C, H, W) of a cold run.
+
+        ``level``: one for all, one per image, or None to estimate each image's level;
+        ``sampler``: cold | cold-naive | one-shot, by default the degradation's own.
+
+        The images keep their own size: the degradation acts on any H and W, and the network,
+        convolutional, sees them whole, reflect-padded to a multiple of its downsampling factor
+        and cropped back; images more than ``TILE_FACTOR`` times the training size in a
+        direction are restored in overlapping tiles of that size (``tile``: (h, w) instead),
+        blended with a smooth window, so memory stays bounded and there are no seams.
+        """
+        from ..sampling.cold import estimate_level, restore
+
+        self.check_restorable(x_t.shape[1:], what="the batch")
+        if steps is not None and (int(steps) != steps or steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        sampler = sampler or self.process.restore_sampler
+        den = self._restorer(tuple(x_t.shape[-2:]), tile)
+        x_t = x_t.to(self.device)
+        with torch.no_grad():
+            if level is None:
+                level = estimate_level(den, x_t, process=self.process)
+            else:
+                level = torch.as_tensor(level, dtype=torch.float64).reshape(-1).expand(len(x_t))
+            x = restore(den, x_t, level, process=self.process, sampler=sampler,
+                        steps=steps if steps is not None else self.config.sample.steps,
+                        generator=torch.Generator(self.device).manual_seed(seed), callback=callback)
+        return x, level
+
+    def _restorer(self, size: tuple[int, int], tile: tuple[int, int] | None) -> Denoiser:
+        """The sampling denoiser for images of ``size`` (H, W): padded to the network's multiple,
+        and tiled where the image exceeds ``TILE_FACTOR`` times the training size (or ``tile``)."""
+        multiple = _downsampling(self.net)
+        den = any_size(self.sampling_denoiser(), multiple)
+        if tile is None:
+            tile = tuple(TILE_FACTOR * s for s in self.data.shape[-2:])
+        tile = tuple(-(-int(t) // multiple) * multiple for t in tile)  # whole multiples of the downsampling
+        if size[0] <= tile[0] and size[1] <= tile[1]:
+            return den
+        return tiled(den, tile)
+
+
+TILE_FACTOR = 4  # restore: images up to this many times the training size (per side) are run whole
+
+
+def _channels(c: int) -> tuple[str, str]:
+    """Words for images of c channels: ("grey", "1 channel")."""
+    return {1: ("grey", "1 channel"), 3: ("colour", "3 channels")}.get(c, (f"{c}-channel", f"{c} channels"))
+
+
+def _downsampling(net: nn.Module) -> int:
+    """The factor a network's input H and W must be multiples of: 2^(levels - 1) for a U-Net."""
+    from ..nets import UNet
+
+    return next((2 ** (m.cfg.levels - 1) for m in net.modules() if isinstance(m, UNet)), 1)
+
+
+def any_size(den: Denoiser, multiple: int) -> Denoiser:
+    """``den`` on images of any H and W: reflect-padded at the bottom and right up to multiples of
+    ``multiple`` (edge-replicated where the image is too small to reflect), cropped back."""
+    if multiple == 1:
+        return den
+
+    def padded(x: Tensor, sigma: Tensor, cond: Cond = None) -> Tensor:
+        H, W = x.shape[-2:]
+        ph, pw = -H % multiple, -W % multiple
+        if not ph and not pw:
+            return den(x, sigma, cond)
+        mode = "reflect" if ph < H and pw < W else "replicate"
+        return den(F.pad(x, (0, pw, 0, ph), mode=mode), sigma, cond)[..., :H, :W]  # (B, C, H, W)
+
+    return padded
+
+
+def _window(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A smooth tile weight (n,), sin(pi (i + 1/2) / n): near 0 at the edges, never 0."""
+    return torch.sin(math.pi * (torch.arange(n, device=device, dtype=dtype) + 0.5) / n)
+
+
+def _starts(n: int, t: int) -> list[int]:
+    """Tile offsets covering 0..n with tiles of t overlapping by a quarter (the last one flush with the end)."""
+    if n <= t:
+        return [0]
+    step = max(1, (3 * t) // 4)
+    return sorted({*range(0, n - t, step), n - t})
+
+
+def tiled(den: Denoiser, tile: tuple[int, int]) -> Denoiser:
+    """``den`` applied to overlapping tiles of (h, w) = ``tile``, the outputs averaged with the
+    weights of a separable sine window, so neighbouring tiles fade into each other without seams."""
+    th, tw = tile
+
+    def run(x: Tensor, sigma: Tensor, cond: Cond = None) -> Tensor:
+        H, W = x.shape[-2:]
+        h, w = min(th, H), min(tw, W)
+        win = _window(h, x.device, x.dtype)[:, None] * _window(w, x.device, x.dtype)[None]  # (h, w)
+        out, weight = torch.zeros_like(x), torch.zeros((H, W), device=x.device, dtype=x.dtype)
+        for y0 in _starts(H, h):
+            for x0 in _starts(W, w):
+                part = den(x[..., y0 : y0 + h, x0 : x0 + w], sigma, cond)  # (B, C, h, w)
+                out[..., y0 : y0 + h, x0 : x0 + w] += part * win
+                weight[y0 : y0 + h, x0 : x0 + w] += win
+        return out / weight
+
+    return run
