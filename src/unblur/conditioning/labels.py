@@ -51,7 +51,9 @@ class ClassRequests(Requests):
     def cond(self, reqs: list[dict], device: torch.device) -> dict[str, Tensor]:
         if not self.num_classes:
             return {}
-        return {"class": torch.tensor([r["class"] for r in reqs], dtype=torch.long, device=device)}  # (B,)
+        # A request with no class (e.g. a prompt alone on a run with classes and captions) gets the null class.
+        rows = [self.num_classes if r["class"] is None else r["class"] for r in reqs]
+        return {"class": torch.tensor(rows, dtype=torch.long, device=device)}  # (B,)
 
     def record(self, req: dict) -> dict[str, Any]:
         k = req.get("class")

@@ -332,10 +332,10 @@ def default_conditioning(cfg: Config, data: Data, explicit: set[str] | None) -> 
     if explicit is None or data.kind != "image" or cfg.process.kind not in GAUSSIAN_PROCESSES:
         return cfg
     changes: dict[str, Any] = {}
-    if "cond.classes" not in explicit and data.num_classes >= 2:
-        changes["classes"] = True
     if "cond.text_encoder" not in explicit and data.has_captions:
         changes["text_encoder"] = text_encoder_default()
+    if "cond.classes" not in explicit and data.num_classes >= 2:
+        changes["classes"] = True
     return replace(cfg, cond=replace(cfg.cond, **changes)) if changes else cfg
 
 
@@ -353,16 +353,17 @@ def describe_conditioning(cfg: Config, data: Data) -> str:
     if c.image != "none":
         used.append(f"a {c.superres_factor}x lower-resolution copy ({c.image})")
         flags.append("--image")
-    unused = [what for what, on in ((f"{data.num_classes} classes", data.num_classes >= 2 and not c.classes),
-                                    ("captions", data.has_captions and not text_encoder_on(cfg))) if on]
+    unused = [(what, key) for what, key, on in (
+        (f"{data.num_classes} classes", "cond.classes", data.num_classes >= 2 and not c.classes),
+        ("captions", "cond.text_encoder", data.has_captions and not text_encoder_on(cfg))) if on]
+    note = (f" (the data's {' and '.join(w for w, _ in unused)} are not used: see "
+            f"{', '.join(k for _, k in unused)})") if unused else ""
     if not used:
-        why = f" (the data's {' and '.join(unused)} are not used: see cond.classes, cond.text_encoder)" if unused \
-            else ""
-        return f"conditioning: none, unconditional{why}"
+        return f"conditioning: none, unconditional{note}"
     line = (f"conditioning: {' and '.join(used)}, dropout {c.dropout:g}: {' / '.join(flags)} "
             f"work{'s' if len(flags) == 1 else ''}")
     return line + (", and so does unconditional sampling" if c.dropout > 0 else "; cond.dropout=0: no "
-                   "unconditional sampling or guidance")
+                   "unconditional sampling or guidance") + note
 
 
 def _class_origin(data: Data) -> str:
