@@ -127,12 +127,14 @@ def test_a_folder_says_what_it_holds_and_trains_on_its_classes_and_captions(tmp_
     out = capsys.readouterr().out
     assert f"data: {data}\n  images: 6 x 3 x 8 x 8 (RGB)" in out and "classes: 2 (cats 3, dogs 3)" in out
     assert "captions: 6 of 6" in out
-    assert ("conditioning: captions (learned), dropout 0.1: --prompt works, and so does unconditional sampling "
-            "(the data's 2 classes are not used: see cond.classes)") in out
+    assert ("conditioning: 2 classes (class sub-folders) and captions (learned), dropout 0.1: --class / --prompt "
+            "work, and so does unconditional sampling") in out
     cond = _config(run)["cond"]
-    assert cond["classes"] is False and cond["text_encoder"] == "learned"
-    assert main(["sample", str(run), "--n", "1", "--prompt", "a dog", "--steps", "2",
-                 "--out", str(tmp_path / "s")]) == 0
+    assert cond["classes"] is True and cond["text_encoder"] == "learned"
+    # A prompt alone (the class part gets the null class), a class alone, and both.
+    for extra in (["--prompt", "a dog"], ["--class", "cats"], ["--class", "dogs", "--prompt", "a dog"], []):
+        out = tmp_path / "s" / "-".join(extra).replace(" ", "_")
+        assert main(["sample", str(run), "--n", "1", "--steps", "2", "--out", str(out), *extra]) == 0
     run = tmp_path / "classes"  # without captions, the sub-folders are the classes
     assert main(["train", "--data", str(_folder(tmp_path / "e")), "--out", str(run), "--steps", "1", *SMALL]) == 0
     assert "conditioning: 2 classes (class sub-folders), dropout 0.1: --class works" in capsys.readouterr().out
