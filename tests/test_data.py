@@ -342,14 +342,14 @@ def test_decompression_bomb_is_a_bad_file_never_decoded(tmp_path, monkeypatch):
         load_data(root, max_bad_fraction=0.0)
 
 
-def test_large_photos_default_to_64_pixels_with_a_note(tmp_path):
+def test_large_photos_default_to_32_pixels_with_a_note(tmp_path):
     root = tmp_path / "photos"
     for i in range(3):
         _save(_rgb(120, 90, (i * 50, 0, 0)), root / f"p{i}.jpg")  # 120 high, 90 wide
     data = load_data(root)
-    assert data.image_size == (64, 64)
-    assert "images are 120x90; training at 64x64 (data.size not set): set data.size to choose" in data.notes
-    assert load_data(root, keep_aspect=True).image_size == (85, 64)
+    assert data.image_size == (32, 32)
+    assert "images are 120x90; training at 32x32 (data.size not set): set data.size to choose" in data.notes
+    assert load_data(root, keep_aspect=True).image_size == (43, 32)
     assert load_data(root, size=(100, 90)).image_size == (100, 90)  # a given size is used as is
     assert not any("data.size not set" in n for n in load_data(root, size=80).notes)
 

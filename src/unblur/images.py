@@ -254,8 +254,8 @@ def cover_crop(img: Image.Image, target: tuple[int, int]) -> Image.Image:
     if (h, w) == (th, tw):
         return img
     s = max(th / h, tw / w)
-    cw, ch = tw / s, th / s  # the source region that maps onto the target
-    left, top = (w - cw) / 2, (h - ch) / 2
+    cw, ch = min(w, tw / s), min(h, th / s)  # the source region that maps onto the target (rounding kept inside)
+    left, top = max(0.0, (w - cw) / 2), max(0.0, (h - ch) / 2)
     shrink = s < 1.0
     return img.resize(
         (tw, th),

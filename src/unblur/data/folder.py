@@ -22,7 +22,7 @@ Rules, in the order they apply:
   (H, W) in the folder (ties go to the larger area): its shorter side as a square, or the
   whole (H, W) with ``keep_aspect=True`` (an int ``size`` with ``keep_aspect=True`` sets the
   shorter side and keeps the most common aspect ratio). When no ``size`` is given and that
-  shorter side is over ``DEFAULT_SIDE`` (64) pixels, the shorter side becomes 64, with a note.
+  shorter side is over ``DEFAULT_SIDE`` (32) pixels, the shorter side becomes 32, with a note.
   Each image is scaled to cover the target (LANCZOS when shrinking, BICUBIC when enlarging)
   and center-cropped. A size whose pixels (uint8, plus the float32 copy) would not fit in
   ``base.memory_budget()`` (half the memory) is refused before anything is decoded.
@@ -72,7 +72,7 @@ from ..images import (
 from .base import Data, DataWarning, as_size, check_channels, check_memory, memory_budget
 
 _SHOW_BAD = 10  # bad files named in a warning or an error
-DEFAULT_SIDE = 64  # without ``size``, images whose shorter side is longer are trained at this side
+DEFAULT_SIDE = 32  # without ``size``, images whose shorter side is longer are trained at this side (a CPU's size)
 PIXEL_LIMIT_FACTOR = 64  # with ``size``, files of up to this many times its pixels are decoded
 _BYTES_PER_VALUE = 5  # the uint8 pixels and their float32 copy, alive together while loading
 

@@ -34,7 +34,7 @@ def load_data(
         spec: a folder of images (see ``unblur.data.folder``), a ``.npy`` file (see
             ``unblur.data.arrays``), ``builtin:digits`` or ``builtin:toy2d:NAME``.
         size: images only; an int (square) or (H, W). Folders default to their most common
-            size (shorter side at most 64: larger photos train at 64, with a note), .npy files
+            size (shorter side at most 32: larger photos train at 32, with a note), .npy files
             and digits to their own size (digits are upsampled bilinearly).
         channels: images only; 1 or 3. Folders default to what most images hold (grey or
             colour; a tie is colour), with a note when they are mixed.
