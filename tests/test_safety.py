@@ -80,7 +80,19 @@ def test_overwrite_interrupted_during_set_up_keeps_the_old_run(tmp_path, monkeyp
     assert _train(run, "--overwrite") == 130
     assert (run / "model.safetensors").read_bytes() == before
     monkeypatch.undo()
-    assert _train(run, "--overwrite") == 0  # the leftover fresh folder of the interrupted attempt is reused
+    assert _train(run, "--overwrite") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no fresh folder left beside it
+
+
+def test_a_failed_new_run_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import unblur.training.trainer as trainer
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "build_net", interrupted)
+    assert _train(tmp_path / "new") == 130
+    assert not (tmp_path / "new").exists()
 
 
 # -- 2. outputs never overwrite inputs ---------------------------------------------------------

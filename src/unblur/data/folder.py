@@ -193,8 +193,14 @@ def _target_size(
     else:
         target = (max(1, round(h * short / w)), short)
     if size is None and short is not None:
-        most = "images are" if n == len(sizes) else f"most images ({n} of {len(sizes)}) are"
-        note = (f"{most} {h}x{w}; training at {target[0]}x{target[1]} (data.size not set): "
+        if n == len(sizes):
+            most = f"images are {h}x{w}"
+        elif 2 * n > len(sizes):
+            most = f"most images ({n} of {len(sizes)}) are {h}x{w}"
+        else:  # no size is common: say how they vary
+            shorts = [min(hw) for hw in sizes]
+            most = f"images come in {len(counts)} sizes ({min(shorts)} to {max(shorts)} px on the shorter side)"
+        note = (f"{most}; training at {target[0]}x{target[1]} (data.size not set): "
                 "set data.size to choose")  # fmt: skip
     return target, note
 

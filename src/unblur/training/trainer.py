@@ -41,7 +41,7 @@ from ..runs.checkpoint import (
     save_model,
     save_train_state,
 )
-from ..runs.lock import acquire
+from ..runs.lock import LOCK_FILE, acquire
 from ..types import DataInfo
 from ..utils import atomic_write_bytes, resolve_device, seeded_generators
 from .cold import restoration_metrics
@@ -416,12 +416,14 @@ class Trainer:
         self._tb = None
         self._report = report if self.dist.main else None
         self.notes: list[str] = []  # what the run says about its set-up (data, model, overrides applied on resume)
+        existed = self.final_out.exists()
         if self.dist.main:
             self.lock = acquire(self.final_out, "unblur train")  # one writer per run folder
         try:
             self._setup(cfg, resume=resume, overwrite=overwrite, data=data, progress=progress, explicit=explicit)
         except BaseException:
             self.close()
+            self._discard(existed)
             raise
 
     def _setup(self, cfg: Config, *, resume: bool, overwrite: bool, data: Data | None, progress: bool,
@@ -498,6 +500,19 @@ class Trainer:
         self.notes.append(line)
         if self._report is not None:
             self._report(line)
+
+    def _discard(self, existed: bool) -> None:
+        """After a failed set-up: remove what this run created and holds nothing (an empty
+        ``--out``, or the fresh folder of an ``--overwrite``), so an error leaves no husk."""
+        if not self.dist.main:
+            return
+        fresh = getattr(self, "out", None)
+        if fresh is not None and fresh != self.final_out and not (fresh / STATE_FILE).exists():
+            shutil.rmtree(fresh, ignore_errors=True)
+        if not existed and self.final_out.is_dir():
+            left = [p for p in self.final_out.iterdir() if p.name != LOCK_FILE]
+            if not left:
+                shutil.rmtree(self.final_out, ignore_errors=True)
 
     def close(self) -> None:
         """Release the run folder's lock and close the TensorBoard writer."""
@@ -619,6 +634,12 @@ class Trainer:
         n = s.grid_n if self.data.kind == "image" else 4000
         plan = run.plan()
         x0 = self.data.x[:n].to(self.device)
+        bar = None
+        if self.progress:  # a grid at 32x32 takes a while on a CPU: show it
+            from tqdm import tqdm
+
+            bar = tqdm(total=plan.steps, unit="step", desc=f"sample grid ({n})", leave=False, dynamic_ncols=True)
+        tick = (lambda info: bar.update(1)) if bar is not None else None
         with torch.no_grad():
             if self.process.can_generate:
                 gens = seeded_generators(range(n), device=self.device) if self.data.kind == "image" else \
@@ -626,14 +647,16 @@ class Trainer:
                 cond = self.conditioner.grid_cond(n)
                 uncond = self.conditioner.null(cond) if cond is not None else None
                 x = run.generate(n, plan=plan, cond=cond, uncond=uncond, guidance=self.conditioner.guidance,
-                                 generator=gens)
+                                 generator=gens, callback=tick)
             else:
-                x, _ = run.restore(self.process.degrade(x0, 1.0), 1.0, steps=plan.steps)
+                x, _ = run.restore(self.process.degrade(x0, 1.0), 1.0, steps=plan.steps, callback=tick)
             if self.process.restores:
                 metrics = restoration_metrics(run.sampling_denoiser(), self.process, x0, level=1.0,
                                               steps=plan.steps, sampler=self.process.restore_sampler)
                 if metrics:
                     self._log({"step": self.step, **metrics})
+        if bar is not None:
+            bar.close()
         path = self.out / "samples" / f"step-{self.step:08d}.png"
         if self.data.kind == "image":
             save_png(make_grid(x, scale=grid_scale(x.shape[-2])), path)
