@@ -68,8 +68,10 @@ def main() -> None:
     text, _ = unblur("data", str(folder))
     print("$ unblur data", folder, "\n" + text)
     text, seconds = unblur("train", "--data", str(folder), "--out", str(run))
-    lines = [ln for ln in text.splitlines() if ln.strip() and "step/s]" not in ln]
-    print(f"$ unblur train --data {folder} --out {run}   ({seconds / 60:.1f} min)\n" + "\n".join(lines[-40:]))
+    said = [ln for ln in text.splitlines() if ln.strip() and "/step" not in ln and "step/s" not in ln]
+    bars = [ln for ln in text.splitlines() if "/step" in ln or "step/s" in ln]
+    print(f"$ unblur train --data {folder} --out {run}   ({seconds / 60:.1f} min)\n" + "\n".join(said))
+    print("progress bar, first and last:\n" + "\n".join(bars[:2] + bars[-2:]))
     for extra in ([], ["--class", "sunsets"], ["--prompt", "a moon in the night sky"]):
         out = run / "walk" / ("-".join(extra).strip("-").replace(" ", "_") or "all")
         text, seconds = unblur("sample", str(run), "--n", "24", "--out", str(out), *extra)
