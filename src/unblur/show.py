@@ -11,7 +11,6 @@ here, and others join with ``register_degradation(name, factory)``, where ``fact
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from .images import grid_scale, make_grid
 from .types import StepInfo
-from .utils import atomic_write_bytes, choice_error
+from .utils import atomic_write_bytes, choice_error, read_jsonl
 
 Degrade = Callable[[Tensor, Tensor], Tensor]
 """``degrade(x0, t) -> x_t``: x0 (B, ...) in [-1, 1], t (B,) in [0, 1], degrade(x0, 0) == x0."""
@@ -280,16 +279,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = path / "metrics.jsonl"
     if not path.exists():
         raise ValueError(f"no metrics file {str(path)!r}: give a run folder written by `unblur train`")
-    records = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for i, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                if i == len(lines):  # the last line, cut short by a kill during an append
-                    break
-                raise ValueError(f"{path}:{i} is not JSON: {e}") from None
+    records = read_jsonl(path)
     if not records:
         raise ValueError(f"{path} holds no records yet: train for at least log_every steps")
     return records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -164,3 +165,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync: bool = Tru
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file written by appends (metrics, sample records): a last line
+    cut short by a kill during an append is dropped; a bad line before it is a ValueError naming
+    the file and line. A missing file has no records."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break
+            raise ValueError(f"{path}:{i} is not JSON ({e}): the file is damaged; remove that line") from None
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

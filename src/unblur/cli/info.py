@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..utils import read_jsonl
 
 
 def add_parser(sub) -> None:
@@ -38,11 +39,5 @@ def run_info(args) -> int:
 
 
 def _last_logged_step(path: Path) -> int | str:
-    if not path.exists():
-        return "?"
-    for line in reversed(path.read_text(encoding="utf-8", errors="replace").splitlines()):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill during an append
-    return "?"
+    steps = [r["step"] for r in read_jsonl(path) if isinstance(r.get("step"), int)]
+    return steps[-1] if steps else "?"

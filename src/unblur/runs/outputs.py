@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..images import grid_scale, make_grid, save_png, scatter_image, write_image
-from ..utils import atomic_write_bytes
+from ..utils import atomic_write_bytes, read_jsonl
 from .lock import acquire
 from .run import SampleBatch
 
@@ -88,20 +88,15 @@ class SampleFolder:
             return None
 
     def _count_records(self) -> int:
-        """Whole records at the start of samples.jsonl (a line cut by a kill is dropped)."""
+        """Whole records at the start of samples.jsonl, in order (a line cut by a kill is dropped)."""
         path = self.folder / RECORDS
-        if not path.exists():
-            return 0
         good = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break
+        for rec in read_jsonl(path):
             if rec.get("index") != len(good):
                 break
-            good.append(line)
-        atomic_write_bytes(path, "".join(f"{line}\n" for line in good).encode())
+            good.append(rec)
+        if path.exists():
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in good).encode())
         return len(good)
 
     def write(self, batch: SampleBatch) -> None:

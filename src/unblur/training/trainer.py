@@ -43,7 +43,7 @@ from ..runs.checkpoint import (
 )
 from ..runs.lock import LOCK_FILE, acquire
 from ..types import DataInfo
-from ..utils import atomic_write_bytes, resolve_device, seeded_generators
+from ..utils import atomic_write_bytes, read_jsonl, resolve_device, seeded_generators
 from .cold import restoration_metrics
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
@@ -236,19 +236,11 @@ def check_same_data(saved: dict, now: DataInfo, source: str) -> None:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics lines up to ``step`` (those after the last checkpoint are logged again)
+    """Keep the metrics records up to ``step`` (those after the last checkpoint are logged again)
     and drop a partial last line left by a kill during an append."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in keep).encode())
+    if path.exists():
+        keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
 
 def load_training_data(cfg: Config) -> Data:
