@@ -63,6 +63,16 @@ def recognisability(clf, x: torch.Tensor) -> tuple[float, float]:
     return float(p.max(1).mean()), float(-sum(v * math.log(v) for v in q if v > 0))
 
 
+def digits_split():
+    """(train 80%, held-out 20%, the digits classifier fitted on train, accuracy(images) on the
+    held-out labels): the split and the measure every digits benchmark here shares."""
+    data = load_data("builtin:digits")
+    train, held = split(data, 0.2, seed=0)
+    clf = classifier(train.x, train.labels)
+    y = held.labels.numpy()
+    return train, held, clf, lambda z: float((probs(clf, z).argmax(1) == y).mean())
+
+
 def get_run(out: Path, overrides: dict, data, minutes: float):
     """Train into ``out`` unless a finished run is there; return the Trainer (EMA restorer, process)."""
     cfg = apply_overrides(Config(), {"data.source": "builtin:digits", "train.sample_every": 0,
@@ -92,11 +102,8 @@ def main() -> None:
                     help="blur run: any other config override, as `unblur train --set` takes it (repeatable)")
     args = ap.parse_args()
 
-    data = load_data("builtin:digits")
-    train, held = split(data, 0.2, seed=0)
-    clf = classifier(train.x, train.labels)
-    x, y = held.x, held.labels.numpy()
-    acc = lambda z: float((probs(clf, z).argmax(1) == y).mean())  # noqa: E731
+    train, held, clf, acc = digits_split()
+    x = held.x
     runs = Path(args.runs)
 
     print("digits classifier: scikit-learn MLPClassifier(128) on the 80% training split of the real 8x8 digits "

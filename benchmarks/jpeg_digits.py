@@ -15,9 +15,8 @@ import argparse
 from pathlib import Path
 
 import torch
-from cold_digits import classifier, get_run, probs
+from cold_digits import digits_split, get_run
 
-from unblur.data import load_data, split
 from unblur.eval.restoration import psnr, ssim
 from unblur.sampling.cold import restore
 
@@ -30,11 +29,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="cold sampler steps over t in [0, 1]")
     args = ap.parse_args()
 
-    data = load_data("builtin:digits")
-    train, held = split(data, 0.2, seed=0)
-    clf = classifier(train.x, train.labels)
-    x, y = held.x, held.labels.numpy()
-    acc = lambda z: float((probs(clf, z).argmax(1) == y).mean())  # noqa: E731
+    train, held, _, acc = digits_split()
+    x = held.x
     trainer, secs = get_run(Path(args.runs) / "jpeg", {"process.kind": "jpeg"}, train, args.minutes)
     run = trainer.ema_run()
     R, proc = run.sampling_denoiser(), run.process
