@@ -17,6 +17,7 @@ LAYERS = [
     ("sampling", "guidance"),
     ("images", "data"),
     ("conditioning",),
+    ("editing",),
     ("runs",),
     ("training", "eval", "show"),
     ("cli", "__main__"),

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from unblur.cli import build_parser, main
+from unblur.editing.tiles import any_size, tiled
 from unblur.runs import Run
-from unblur.runs.run import any_size, tiled
 from unblur.sampling import resolve_sampler, sampler_error
 
 OLD = Path(__file__).parent / "fixtures" / "old_runs"

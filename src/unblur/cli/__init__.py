@@ -15,10 +15,10 @@ import sys
 import traceback
 
 from .. import __version__
-from . import data, evaluate, info, restore, sample, show, train
+from . import data, edit, evaluate, info, restore, sample, show, train
 from .common import DefaultsHelpFormatter
 
-COMMANDS = (train, data, sample, info, evaluate, show, restore)  # each adds its sub-commands, in this order
+COMMANDS = (train, data, sample, edit, info, evaluate, show, restore)  # each adds its sub-commands, in this order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,24 +92,29 @@ def sample_ddpm(
     sig, sl = _levels(grid, x)
     n = len(sl) - 1
     for i in range(n):
-        s, s_next = sl[i], sl[i + 1]
         x0 = _denoise(denoiser, x, sig[i], cond)
-        # 1. VP quantities between the two levels.
-        ab, ab_next = 1 / (1 + s * s), 1 / (1 + s_next * s_next)
-        alpha = ab / ab_next
-        beta = 1 - alpha
-        # 2. Posterior mean (Ho et al. eq. 7) in VP scale x_t = sqrt(alpha_bar) x, divided by
-        #    sqrt(alpha_bar') to return to VE scale.
-        c_x0 = beta / (1 - ab)
-        c_xt = math.sqrt(alpha) * (1 - ab_next) / (1 - ab) * math.sqrt(ab / ab_next)
-        x_next = torch.add(x0 * c_x0, x, alpha=c_xt)
-        # 3. Add sigma_t z except on the last step.
-        if s_next > 0:
-            var = beta * (1 - ab_next) / (1 - ab) if variance == "beta_tilde" else beta
-            x_next = x_next.add_(randn_like(x, generator), alpha=math.sqrt(var / ab_next))
-        x = x_next
+        x = ddpm_step(x, x0, sl[i], sl[i + 1], generator, variance)
         _report(callback, i, n, x, sig, x0)
     return x
+
+
+def ddpm_step(x: Tensor, x0: Tensor, s: float, s_next: float, generator: Generator = None,
+              variance: str = "beta_tilde") -> Tensor:
+    """One draw from the posterior q(x_{s'} | x_s, x0) in VE scale (the step of ``sample_ddpm``)."""
+    # 1. VP quantities between the two levels.
+    ab, ab_next = 1 / (1 + s * s), 1 / (1 + s_next * s_next)
+    alpha = ab / ab_next
+    beta = 1 - alpha
+    # 2. Posterior mean (Ho et al. eq. 7) in VP scale x_t = sqrt(alpha_bar) x, divided by
+    #    sqrt(alpha_bar') to return to VE scale.
+    c_x0 = beta / (1 - ab)
+    c_xt = math.sqrt(alpha) * (1 - ab_next) / (1 - ab) * math.sqrt(ab / ab_next)
+    x_next = torch.add(x0 * c_x0, x, alpha=c_xt)
+    # 3. Add sigma_t z except on the last step.
+    if s_next > 0:
+        var = beta * (1 - ab_next) / (1 - ab) if variance == "beta_tilde" else beta
+        x_next = x_next.add_(randn_like(x, generator), alpha=math.sqrt(var / ab_next))
+    return x_next
 
 
 @torch.no_grad()
