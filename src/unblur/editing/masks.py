@@ -27,9 +27,20 @@ def read_mask(path: str | Path, size: tuple[int, int], *, option: str = "--mask"
     nearest neighbours and a warning; another aspect ratio is an error (the mask would not line
     up with the picture).
     """
-    from ..images import open_image
+    from PIL import Image, ImageOps
 
-    img = open_image(path, option=option, max_pixels=max_pixels)
+    from ..images import check_pixels, pillow_bomb_check, why_unreadable
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{option} {str(path)!r} does not exist: give a mask picture (white = regenerate)")
+    try:  # not ``images.open_image``: that flattens the alpha channel a mask may be drawn in
+        with pillow_bomb_check(max_pixels), Image.open(path) as im:
+            check_pixels(im.size, max_pixels)
+            im.load()
+            img = ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a bad file
+        raise ValueError(f"{option} {str(path)!r} {why_unreadable(e)}") from None
     alpha = None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")

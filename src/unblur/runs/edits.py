@@ -124,6 +124,9 @@ class Editing:
                                  "give one mask per image, or one for all, of the images' size")
         elif method == "repaint":
             raise ValueError("repaint resamples the region a mask regenerates: give a mask, or use img2img")
+        if method == "repaint" and sampler is not None and self.plan(sampler, steps, grid).sampler != "ddpm":
+            raise ValueError(f"repaint walks ancestral (ddpm) steps with its own jumps, so it takes no other "
+                             f"sampler (asked for {sampler!r}): drop the sampler, or use method 'replace'")
         plan = self.plan(sampler or ("ddpm" if method == "repaint" else None), steps, grid)
         ctx = self.requests(classes=classes, prompts=prompts, negative_prompt=negative_prompt, guidance=guidance)
         reqs = ctx.requests(int(n))
