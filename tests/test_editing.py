@@ -341,3 +341,17 @@ def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, unblur_cli)
         assert not out.exists(), extra
     r = unblur_cli("edit", str(OLD / "blur"), "--input", img, "--out", str(tmp_path / "o"), "--extend", "2")
     assert r.returncode == 2 and "blur" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_show_edit_draws_the_strip(tmp_path, unblur_cli):
+    _digit_pngs(tmp_path / "in")
+    out = tmp_path / "strip.png"
+    r = unblur_cli("show", "edit", str(OLD / "edm-classes"), "--input", str(tmp_path / "in"), "--mask-box",
+                   "4,0,8,8", "--levels", "3", "--steps", "6", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    from unblur.images import grid_scale
+
+    s = grid_scale(8)
+    w, h = Image.open(out).size
+    assert (w, h) == ((6 * 10 + 2) * s, (2 * 10 + 2) * s + 14)  # input | mask | 3 x0_hat | output; 2 rows, labels
+    assert out.with_suffix(".gif").exists()

@@ -188,6 +188,32 @@ def trajectory_pictures(infos: list[StepInfo], *, columns: int = 8) -> tuple[Ima
     return strip, frames
 
 
+def edit_strip(x: Tensor, mask: Tensor | None, infos: list[StepInfo], out: Tensor, *, columns: int = 4,
+               labels: Sequence[str] | None = None) -> Image.Image:
+    """One row per edited image: the input, its mask (the kept pixels dimmed, the regenerated
+    ones light grey), ``columns`` of the x0_hat estimates at evenly spaced steps, and the output.
+
+    ``x`` (B, C, H, W) the inputs (the canvas, for outpainting), ``mask`` (B or 1, 1, H, W) or
+    None, ``infos`` every step's StepInfo of the edit of the B images together, ``out`` the
+    results.
+    """
+    B, C = x.shape[:2]
+    total = len(infos)
+    pick = sorted({round(i) for i in np.linspace(0, total - 1, min(columns, total))}) if total else []
+    # The mask column: the kept pixels dimmed, the regenerated ones a flat light grey.
+    dim = x.cpu().float() * 0.5 - 0.5
+    m = dim if mask is None else torch.where(mask.cpu().bool().expand(B, 1, *x.shape[-2:]), 0.4, dim)
+    rows = [torch.stack([x[b].cpu(), m[b], *[infos[i].x0_hat[b].cpu() for i in pick], out[b].cpu()])
+            for b in range(B)]
+    scale = grid_scale(x.shape[-2])
+    img = make_grid(torch.cat(rows).float().clamp(-1, 1), nrow=len(pick) + 3, scale=scale)
+    head = ["input", "mask", *[f"x0_hat {i + 1}/{total}" for i in pick], "output"]
+    img = _label_strip(img, head, x.shape[-1] * scale, 2 * scale)
+    if labels:
+        img = _label_rows(img, list(labels), x.shape[-2] * scale, 2 * scale)
+    return img
+
+
 def _fig_to_image(fig) -> Image.Image:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)

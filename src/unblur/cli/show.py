@@ -15,9 +15,9 @@ from .common import DEVICE_HELP, positive_int
 def add_parser(sub) -> None:
     from ..show import DEGRADATIONS, PARTNER_DEGRADATIONS
 
-    p = sub.add_parser("show", help="pictures: forward | trajectory | toy | curves (PNG and GIF)")
-    p.add_argument("what", choices=["forward", "trajectory", "toy", "curves"])
-    p.add_argument("run", nargs="?", help="run folder (needed by trajectory, toy and curves)")
+    p = sub.add_parser("show", help="pictures: forward | trajectory | toy | curves | edit (PNG and GIF)")
+    p.add_argument("what", choices=["forward", "trajectory", "toy", "curves", "edit"])
+    p.add_argument("run", nargs="?", help="run folder (needed by trajectory, toy, curves and edit)")
     p.add_argument("--data", help="forward/toy: data to draw (default: the run's, or builtin:digits)")
     p.add_argument("--process", default="vp", help="forward without a run: " + " | ".join(sorted(DEGRADATIONS)) +
                    " | " + " | ".join(sorted(PARTNER_DEGRADATIONS)) + " (which mixes in other images of --data)")
@@ -30,6 +30,15 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="which images are drawn, and the noise of the process")
     p.add_argument("--out", help="PNG path, a GIF written beside it (default: RUN/NAME.png, or forward.png)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e = p.add_argument_group("edit", "the edit strip: input | mask | x0_hat at --levels steps | output, per image")
+    e.add_argument("--input", help="an image or a folder (its first --n images)")
+    e.add_argument("--mask", help="inpainting mask picture (white = regenerate), or a folder matched by path")
+    e.add_argument("--mask-box", metavar="X0,Y0,X1,Y1", help="inpaint this box")
+    e.add_argument("--extend", metavar="L,R,T,B", help="outpaint by these pixels")
+    e.add_argument("--strength", type=float, help="edit strength in (0, 1] (default: 0.75 img2img, 1 inpainting)")
+    e.add_argument("--method", default="replace", help="replace | repaint")
+    e.add_argument("--class", dest="class_", action="append", metavar="NAME|INDEX", help="class")
+    e.add_argument("--prompt", action="append", metavar="TEXT", help="caption")
     p.set_defaults(fn=run_show)
 
 
@@ -57,6 +66,8 @@ def run_show(args) -> int:
     from ..runs import Run
 
     run = Run.load(args.run, device=args.device)
+    if args.what == "edit":
+        return _edit(args, run)
     plan = run.plan(args.sampler, args.steps)
     if args.what == "trajectory":
         if not run.is_image:
@@ -132,4 +143,59 @@ def _forward(args) -> int:
     frames = [show.forward_frame(x0.to(device), degrade, t) for t in np.linspace(0, 1, 30).tolist()]
     show.save_gif(frames, out.with_suffix(".gif"), ms=100)
     print(f"wrote {out} and {out.with_suffix('.gif')} ({name}, {len(ts)} levels of t)")
+    return 0
+
+
+def _edit(args, run) -> int:
+    """The edit strip of up to --n images of --input (inpainting with --mask/--mask-box,
+    outpainting with --extend, img2img otherwise) and a GIF of the x0_hat estimates."""
+    from .. import show
+    from ..editing import parse_extend
+    from ..images import list_images, make_grid
+    from ..types import StepInfo
+    from .edit import _mask_for, _read, strength_arg
+
+    if not args.input:
+        raise ValueError("show edit needs --input IMG|DIR: the images to edit")
+    if not run.is_image:
+        raise ValueError(f"show edit draws images; {run.name} makes vectors")
+    if args.levels < 1:
+        raise ValueError(f"--levels must be >= 1, got {args.levels}")
+    strength = strength_arg(str(args.strength)) if args.strength is not None else None
+    root, files = list_images(args.input)
+    size = tuple(run.data.shape[-2:])
+    xs, masks = [], []
+    for f in files[: args.n]:
+        x, orig = _read(f, run, "--input")
+        xs.append(x)
+        masks.append(_mask_for(args, f.relative_to(root), size, orig))
+    x = torch.cat(xs)
+    mask = None if masks[0] is None else torch.cat(masks)
+    walks: list[list[StepInfo]] = []  # Run.edit walks the images one by one
+
+    def keep(info: StepInfo) -> None:
+        if info.step == 0:
+            walks.append([])
+        walks[-1].append(StepInfo(info.step, info.total, info.x.float().cpu(), info.sigma.cpu(),
+                                  info.sigma_next.cpu(), info.x0_hat.float().cpu()))
+
+    kw = dict(classes=args.class_ or [], prompts=args.prompt or [], sampler=args.sampler, steps=args.steps,
+              seed=args.seed, method=args.method, callback=keep)
+    if args.extend:
+        from ..editing import extend_canvas
+
+        res = run.outpaint(x, parse_extend(args.extend), strength=strength or 1.0, **kw)
+        x, mask = extend_canvas(x, parse_extend(args.extend), model_size=size)
+        what = "outpaint"
+    else:
+        res = run.edit(x, mask, strength=strength or (1.0 if mask is not None else 0.75), **kw)
+        what = "inpaint" if mask is not None else "img2img"
+    infos = [StepInfo(steps[0].step, steps[0].total, torch.cat([s.x for s in steps]), steps[0].sigma,
+                      steps[0].sigma_next, torch.cat([s.x0_hat for s in steps])) for steps in zip(*walks)]
+    strip = show.edit_strip(x, mask, infos, res.x, columns=args.levels)
+    out = _out(args, str(Path(args.run) / "edit.png"))
+    save_png(strip, out)
+    frames = [make_grid(i.x0_hat.clamp(-1, 1), scale=show.grid_scale(x.shape[-2])) for i in infos]
+    show.save_gif(frames, out.with_suffix(".gif"), ms=150)
+    print(f"wrote {out} and {out.with_suffix('.gif')} ({what}, {len(x)} images, {len(infos)} steps)")
     return 0
