@@ -125,3 +125,10 @@ def sampling_grid(cfg: Config, override: str | None = None) -> str:
     if g == "auto":
         return "trailing" if vp else "karras"
     return g if vp or g not in DISCRETE_GRIDS else "karras"
+
+
+def downsampling(net: nn.Module) -> int:
+    """The factor a network's input H and W must be multiples of: 2^(levels - 1) for a U-Net."""
+    from ..nets import UNet
+
+    return next((2 ** (m.cfg.levels - 1) for m in net.modules() if isinstance(m, UNet)), 1)

@@ -27,6 +27,7 @@ from ..editing import (
 )
 from ..types import Callback, Denoiser
 from ..utils import seeded_generators
+from .build import downsampling
 
 # What each edit needs of a run's process: the Gaussian processes do every edit; a cold run
 # does img2img (degrade, then restore) and, for a mask run, inpainting and outpainting.
@@ -84,9 +85,7 @@ class Editing:
         overlapping tiles of the run's own size where the canvas is larger (MultiDiffusion)."""
         if not self.is_image:
             return den
-        from .run import _downsampling
-
-        den = any_size(den, _downsampling(self.net))
+        den = any_size(den, downsampling(self.net))
         own = tuple(self.data.shape[-2:])
         if size[0] > own[0] or size[1] > own[1]:
             if self.config.cond.image != "none":

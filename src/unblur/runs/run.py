@@ -25,7 +25,7 @@ from ..guidance import clip_x0
 from ..sampling import generate, resolve_sampler
 from ..types import Callback, Cond, DataInfo, Denoiser, Generator, Process
 from ..utils import resolve_device, seeded_generators
-from .build import build_denoiser, build_net, build_process, sampling_grid
+from .build import build_denoiser, build_net, build_process, downsampling, sampling_grid
 from .checkpoint import MODEL_FILE, load_model
 from .edits import Editing
 
@@ -252,7 +252,7 @@ class Run(Editing):
     def _restorer(self, size: tuple[int, int], tile: tuple[int, int] | None) -> Denoiser:
         """The sampling denoiser for images of ``size`` (H, W): padded to the network's multiple,
         and tiled where the image exceeds ``TILE_FACTOR`` times the training size (or ``tile``)."""
-        multiple = _downsampling(self.net)
+        multiple = downsampling(self.net)
         den = any_size(self.sampling_denoiser(), multiple)
         if tile is None:
             tile = tuple(TILE_FACTOR * s for s in self.data.shape[-2:])
@@ -268,10 +268,3 @@ TILE_FACTOR = 4  # restore: images up to this many times the training size (per 
 def _channels(c: int) -> tuple[str, str]:
     """Words for images of c channels: ("grey", "1 channel")."""
     return {1: ("grey", "1 channel"), 3: ("colour", "3 channels")}.get(c, (f"{c}-channel", f"{c} channels"))
-
-
-def _downsampling(net: nn.Module) -> int:
-    """The factor a network's input H and W must be multiples of: 2^(levels - 1) for a U-Net."""
-    from ..nets import UNet
-
-    return next((2 ** (m.cfg.levels - 1) for m in net.modules() if isinstance(m, UNet)), 1)
