@@ -98,13 +98,14 @@ class Editing:
              jump_length: int = 10, jump_n: int = 10, n: int = 1, classes: Sequence[str | int] = (),
              prompts: Sequence[str] = (), negative_prompt: str | None = None, guidance: float | None = None,
              sampler: str | None = None, steps: int | None = None, grid: str | None = None, seed: int = 0,
-             callback: Callback | None = None, what: str | None = None) -> EditResult:
+             batch: int = 64, callback: Callback | None = None, what: str | None = None) -> EditResult:
         """img2img (no ``mask``) or inpainting (``mask``: True = regenerate, (B or 1, 1, H, W)) of
         ``images`` (B, C, H, W) in [-1, 1], ``n`` outputs per image and per class or prompt.
 
         Output j of every image uses seed ``seed + j``, so an image's outputs do not depend on the
-        others in the request. On a cold run, img2img degrades the input to level ``strength``
-        and restores it, and a mask run inpaints with its restorer (``editing.cold_inpaint``).
+        others in the request; up to ``batch`` outputs are made in one pass. On a cold run, img2img
+        degrades the input to level ``strength`` and restores it, and a mask run inpaints with its
+        restorer (``editing.cold_inpaint``).
         """
         if method not in METHODS:
             from ..utils import choice_error
@@ -129,15 +130,22 @@ class Editing:
         plan = self.plan(sampler or ("ddpm" if method == "repaint" else None), steps, grid)
         ctx = self.requests(classes=classes, prompts=prompts, negative_prompt=negative_prompt, guidance=guidance)
         reqs = ctx.requests(int(n))
-        cond, uncond = ctx.cond(reqs)
-        den = self._canvas(self.sampling_denoiser(guidance=ctx.guidance, uncond=uncond), tuple(images.shape[2:]))
+        if isinstance(batch, bool) or int(batch) != batch or batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
         cold = bool(getattr(self.process, "restores", False))
         label = ("cold-mask" if cold else method) if mask is not None else "img2img"
+        extra = {"jump_length": int(jump_length), "jump_n": int(jump_n)} if label == "repaint" else {}
+        items = [(i, j) for i in range(len(images)) for j in range(len(reqs))]  # output j of image i: seed + j
         outs, records = [], []
-        for i in range(len(images)):
-            x = images[i : i + 1].expand(len(reqs), *images.shape[1:])
-            m = None if mask is None else mask[i if mask.shape[0] > 1 else 0][None].expand(len(reqs), *mask.shape[1:])
-            gens = seeded_generators(range(seed, seed + len(reqs)), device=self.device)
+        for first in range(0, len(items), int(batch)):
+            chunk = items[first : first + int(batch)]
+            idx = torch.tensor([i for i, _ in chunk], device=self.device)
+            part = [reqs[j] for _, j in chunk]
+            x = images[idx]
+            m = None if mask is None else (mask[idx] if mask.shape[0] > 1 else mask.expand(len(chunk), *mask.shape[1:]))
+            cond, uncond = ctx.cond(part)
+            den = self._canvas(self.sampling_denoiser(guidance=ctx.guidance, uncond=uncond), tuple(images.shape[2:]))
+            gens = seeded_generators([seed + j for _, j in chunk], device=self.device)
             with torch.no_grad():
                 if cold and m is not None:
                     out = cold_inpaint(den, x, m, process=self.process, steps=plan.steps, cond=cond,
@@ -149,10 +157,9 @@ class Editing:
                                steps=plan.steps, grid=plan.grid, strength=strength, mask=m, method=method,
                                jump_length=jump_length, jump_n=jump_n, cond=cond, generator=gens, callback=callback)
             outs.append(out.float().cpu())
-            extra = {"jump_length": int(jump_length), "jump_n": int(jump_n)} if label == "repaint" else {}
             records += [{"input": i, "output": j, "seed": seed + j, "method": label, "strength": strength,
                          "sampler": "ddpm" if label == "repaint" else plan.sampler, "steps": plan.steps,
-                         "grid": plan.grid, **extra, **ctx.record(r)} for j, r in enumerate(reqs)]
+                         "grid": plan.grid, **extra, **ctx.record(reqs[j])} for i, j in chunk]
         x = torch.cat(outs)
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"the edit made NaN or infinite values: {self.name}'s weights may be damaged")
