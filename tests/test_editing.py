@@ -304,6 +304,12 @@ def test_edit_command_mirrors_folders_with_records(tmp_path, unblur_cli):
         assert rec["method"] == "replace" and rec["class_name"] == "4" and rec["strength"] == 1.0
         assert rec["mask"].endswith(rel.split("-")[0] + ".png") and rec["input"].endswith(rel.split("-")[0] + ".png")
         assert Image.open(tmp_path / "o" / f"{rel}.png").size == (8, 8)
+    small = tmp_path / "small.png"  # a mask of half the picture's size: resized, with a one-line warning
+    Image.open(masks / "a.png").resize((8, 8)).save(small)
+    r = unblur_cli("edit", str(run), "--input", str(tmp_path / "in" / "a.png"), "--out", str(tmp_path / "o2"),
+                   "--mask", str(small), "--steps", "4")
+    assert r.returncode == 0 and "unblur edit: warning: --mask" in r.stderr and "resized" in r.stderr, r.stderr
+    assert "UserWarning" not in r.stderr
     r = unblur_cli("edit", str(run), "--input", str(tmp_path / "in" / "a.png"), "--out", str(tmp_path / "inv"),
                    "--invert", "--steps", "20")
     assert r.returncode == 0, r.stderr

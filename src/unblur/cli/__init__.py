@@ -49,6 +49,7 @@ def _os_message(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefix = f"unblur {args.command}: error:"
+    _one_line_warnings(f"unblur {args.command}: warning:")
     try:
         return args.fn(args)
     except BrokenPipeError:  # the reader left (`unblur info RUN | head -1`): nothing more to say
@@ -73,6 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:  # noqa: BLE001 - a bug: show it, and ask for a report
         return _bug(prefix)
+
+
+def _one_line_warnings(prefix: str) -> None:
+    """Show unblur's own warnings (a resized mask, skipped files) as one line, without the source
+    line Python adds; warnings from other packages keep their usual form."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category is UserWarning and "unblur" in str(filename):
+            print(f"{prefix} {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 OOM = "out of memory: use a smaller --batch (or train.batch_size), data.size or model"
