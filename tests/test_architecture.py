@@ -18,6 +18,7 @@ LAYERS = [
     ("images", "data"),
     ("conditioning",),
     ("editing",),
+    ("pipelines",),
     ("runs",),
     ("training", "eval", "show"),
     ("cli", "__main__"),

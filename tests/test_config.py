@@ -13,6 +13,7 @@ from unblur.config import (
     COLD_PROCESSES,
     GRIDS,
     MODEL_KINDS,
+    PERCEPTUAL,
     RULES,
     SAMPLERS,
     SCHEDULES,
@@ -113,6 +114,7 @@ def test_every_rule_names_a_field_and_every_field_is_checked():
 def _registries():
     from unblur.conditioning.image import IMAGE_CONDITIONS
     from unblur.objectives import LOSSES, WEIGHTINGS
+    from unblur.objectives import PERCEPTUAL as PERCEPTUAL_TERMS
     from unblur.precond import PREDICTIONS
     from unblur.processes.cold import COLD_PROCESSES as COLD
     from unblur.processes.gaussian import SCHEDULES as GAUSSIAN_SCHEDULES
@@ -132,6 +134,7 @@ def _registries():
         (tuple(sorted(RULES["objective.loss"].choices)), tuple(sorted(LOSSES))),
         (tuple(sorted(RULES["objective.restore_loss"].choices)), tuple(sorted(LOSSES))),
         (RULES["objective.weighting"].choices, tuple(WEIGHTINGS)),
+        (PERCEPTUAL, tuple(PERCEPTUAL_TERMS)),
     ]
 
 
@@ -162,6 +165,11 @@ REFUSED = [
     "sample.sampler=heunn", "sample.steps=0", "sample.grid=uniform", "sample.grid_n=-1",
     "cond.dropout=1.5", "cond.superres_factor=0", "cond.image=inpaint", "cond.max_tokens=0", "cond.guidance=-1",
     "cond.guidance=inf", "cond.learned_dim=0", "cond.learned_layers=0", "cond.text_encoder=",
+    "autoencoder.downsampling=2", "autoencoder.latent_channels=0", "autoencoder.widths=32", "autoencoder.widths=32,64",
+    "autoencoder.norm_groups=0", "autoencoder.norm_groups=7", "autoencoder.kl_weight=-1", "autoencoder.kl_weight=nan",
+    "autoencoder.perceptual=lpips", "autoencoder.perceptual_weight=-1", "autoencoder.disc_start=-1",
+    "autoencoder.disc_weight=-1", "autoencoder.disc_width=0", "autoencoder.disc_layers=0", "autoencoder.holdout=0",
+    "autoencoder.holdout=0.9", "autoencoder.layers_per_block=0",
 ]
 
 
@@ -185,7 +193,8 @@ ACCEPTED = [
     "train.device=cuda:1", "train.steps=1e3", "data.max_bad_fraction=1", "data.size=16,24", "data.channels=none",
     "model.attn_resolutions=", "model.dropout=0.5", "cond.dropout=1", "cond.guidance=0", "process.kind=jpeg",
     "process.kind=vp", "process.sigma_data=none", "objective.p_mean=-3", "sample.grid=full",
-    "sample.sampler=cold-naive", "sample.grid_n=0",
+    "sample.sampler=cold-naive", "sample.grid_n=0", "model.kind=autoencoder", "autoencoder.downsampling=8",
+    "autoencoder.widths=8,16,16", "autoencoder.kl_weight=0", "autoencoder.perceptual=ssim+gradient",
 ]
 
 

@@ -41,7 +41,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "auto"  # unet | mlp | auto (unet for images, mlp for vectors)
+    kind: str = "auto"  # unet | mlp | auto (unet for images, mlp for vectors) | autoencoder (see [autoencoder])
     # The four U-Net sizes: None takes the preset for the image size and the device (nets.presets), which
     # training writes into the run's config; a config saved with None builds the reference (GPU) sizes.
     base_channels: int | None = None  # U-Net width at the top level
@@ -141,6 +141,29 @@ class CondConfig:
 
 
 @dataclass(frozen=True)
+class AutoencoderConfig:
+    # model.kind = autoencoder: the KL-regularised autoencoder of latent diffusion (Rombach et al. 2022), built as
+    # diffusers' AutoencoderKL at small widths, trained on L1 + kl_weight * KL + a structure term [+ a PatchGAN].
+    downsampling: int = 4  # image pixels per latent pixel along each side: 4 | 8
+    latent_channels: int = 4  # channels of the latent z
+    widths: tuple[int, ...] | None = None  # width per level, log2(downsampling) + 1 of them; None: 32,64,64[,64]
+    layers_per_block: int = 1  # resnets per encoder level (the decoder has one more)
+    norm_groups: int = 8  # GroupNorm groups; must divide every width
+    mid_attention: bool = True  # self-attention in the encoder's and decoder's middle blocks
+    kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) summed over a latent, per image (SD: 1e-6)
+    perceptual: str = "ssim"  # structure term, no download: none | ssim (1 - SSIM) | gradient (L1 of image
+    #   gradients at 3 scales) | ssim+gradient
+    perceptual_weight: float = 0.2  # its weight beside the per-pixel L1 (data in [-1, 1])
+    discriminator: bool = False  # a PatchGAN trained on the hinge loss, with its own AdamW
+    disc_start: int = 2000  # step the discriminator joins at; before it the reconstruction trains alone
+    disc_weight: float = 0.5  # weight of the generator's adversarial term
+    disc_adaptive: bool = True  # times ||grad rec|| / ||grad adv|| at the decoder's last layer (Esser et al. 2021)
+    disc_width: int = 32  # channels of the discriminator's first layer (doubled per strided layer, at most 8x)
+    disc_layers: int = 2  # its stride-2 layers: each patch logit sees a (2^(layers+1) + ...)-pixel window
+    holdout: float = 0.05  # fraction of the images held out (seeded by train.seed) for PSNR and SSIM
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,6 +172,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     cond: CondConfig = field(default_factory=CondConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -276,7 +300,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 # -- what each value must be -----------------------------------------------------------------
 # config.py imports nothing above it, so the names it accepts are kept here; tests/test_config.py
 # checks that each tuple equals the registry it copies (sampling.SAMPLERS, grids.GRIDS, ...).
-MODEL_KINDS = ("auto", "unet", "mlp")  # runs.build.MODELS
+MODEL_KINDS = ("auto", "unet", "mlp", "autoencoder")  # runs.build.MODELS
+PERCEPTUAL = ("none", "ssim", "gradient", "ssim+gradient")  # objectives.PERCEPTUAL
 GAUSSIAN_PROCESSES = ("edm", "vp")
 COLD_PROCESSES = ("blur", "pixelate", "mask", "desaturate", "snow", "blend", "noise", "jpeg")  # DEGRADATIONS
 SCHEDULES = ("linear", "scaled-linear", "cosine", "sigmoid")  # processes.gaussian.SCHEDULES
@@ -394,6 +419,19 @@ RULES: dict[str, Rule] = {
     "cond.learned_dim": _at_least(1),
     "cond.learned_layers": _at_least(1),
     "cond.guidance": _at_least(0),
+    "autoencoder.downsampling": _one_of(4, 8),
+    "autoencoder.latent_channels": _at_least(1),
+    "autoencoder.widths": _each(_at_least(1), what="one width per level (e.g. 32,64,64)", fewest=2),
+    "autoencoder.layers_per_block": _at_least(1),
+    "autoencoder.norm_groups": _at_least(1),
+    "autoencoder.kl_weight": _at_least(0),
+    "autoencoder.perceptual": _one_of(*PERCEPTUAL),
+    "autoencoder.perceptual_weight": _at_least(0),
+    "autoencoder.disc_start": _at_least(0),
+    "autoencoder.disc_weight": _at_least(0),
+    "autoencoder.disc_width": _at_least(1),
+    "autoencoder.disc_layers": _within(1, 5),
+    "autoencoder.holdout": Rule(lambda v: 0 < v <= 0.5, "in (0, 0.5]"),
 }
 
 # Rules between fields of one section: (key reported, ok(section), what it must be).
@@ -401,7 +439,36 @@ PAIR_RULES: dict[str, tuple[Callable[[Any], bool], Callable[[Any], str]]] = {
     "process.sigma_max": (lambda p: p.sigma_max > p.sigma_min, lambda p: f"> process.sigma_min = {p.sigma_min}"),
     "train.batch_size": (lambda t: t.batch_size % t.grad_accum == 0,
                          lambda t: f"a multiple of train.grad_accum = {t.grad_accum}"),
+    "autoencoder.widths": (lambda a: len(autoencoder_widths(a)) == _levels(a),
+                           lambda a: f"{_levels(a)} widths (one per level) for autoencoder.downsampling = "
+                           f"{a.downsampling}"),
+    "autoencoder.norm_groups": (lambda a: all(w % a.norm_groups == 0 for w in autoencoder_widths(a)),
+                                lambda a: f"a divisor of every width {list(autoencoder_widths(a))}"),
 }
+
+
+def _levels(a: AutoencoderConfig) -> int:
+    return a.downsampling.bit_length()  # 4 -> 3 levels, 8 -> 4: one fewer halving than levels
+
+
+def autoencoder_widths(a: AutoencoderConfig) -> tuple[int, ...]:
+    """The autoencoder's width per level: ``autoencoder.widths``, or 32, 64, 64[, 64] for its downsampling."""
+    return a.widths if a.widths is not None else (32, 64, 64, 64)[: _levels(a)]
+
+
+def _check_autoencoder(cfg: Config) -> None:
+    """An autoencoder has no forward process and no conditioning: say so rather than ignore them."""
+    if cfg.model.kind != "autoencoder":
+        return
+    c = cfg.cond
+    used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
+                            ("cond.image", c.image != "none")) if on]
+    if used:
+        raise ValueError(f"model.kind=autoencoder takes no conditioning, but {', '.join(used)} asks for it: drop it "
+                         "(an autoencoder encodes and decodes the images alone)")
+    if cfg.process.kind != "edm":
+        raise ValueError(f"process.kind={cfg.process.kind} does not apply to model.kind=autoencoder (an autoencoder "
+                         "has no forward process): drop --process")
 
 
 def _refuse(key: str, value: Any, want: str, choices: tuple = ()) -> ValueError:
@@ -429,6 +496,7 @@ def validate(cfg: Config) -> None:
         section = getattr(cfg, sec)
         if not ok(section):
             raise _refuse(key, getattr(section, name), want(section))
+    _check_autoencoder(cfg)
 
 
 def parse_set(items: list[str]) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Per-sample training losses (shape (B,)); the trainer reduces, weights and accumulates.
 
+Diffusion and restoration losses first; at the end the autoencoder's terms (KL to N(0, I),
+SSIM and image-gradient structure terms, the PatchGAN hinge losses).
+
 The process draws a batch's training pair (level, degraded input: ``Process.training_pair``);
 this module computes the loss of a preconditioned network at those levels. Targets come from
 the preconditioning (eps, x0, v, EDM's F-target, or x0 for a cold restorer), so this module
@@ -8,11 +11,13 @@ never repeats the prediction-type algebra.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .precond import EDMPrecond, Precond
 from .types import Cond
-from .utils import choice_error, mean_flat
+from .utils import choice_error, mean_flat, sum_flat
 
 LOSSES = ("l2", "l1")
 WEIGHTINGS = ("none", "min-snr")
@@ -75,3 +80,86 @@ class LossModule(nn.Module):
             self.model, x0, sigma, x, cond,
             loss=self.loss, weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
         )
+
+
+# -- the autoencoder's terms (model.kind = autoencoder; Rombach et al. 2022, app. G) ------------
+
+PERCEPTUAL = ("none", "ssim", "gradient", "ssim+gradient")  # the structure terms (config.PERCEPTUAL)
+
+
+def kl_normal(mean: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) of each sample, summed over its latent: (B,).
+
+    The closed form 0.5 * sum(mean^2 + var - 1 - logvar) (Kingma & Welling 2014, app. B), as
+    diffusers' ``DiagonalGaussianDistribution.kl`` sums it; the trainer averages over the batch.
+    """
+    return 0.5 * sum_flat(mean.float().square() + logvar.float().exp() - 1.0 - logvar.float())
+
+
+def _ssim_window(side: int, device, dtype) -> Tensor:
+    """A normalised Gaussian window (sigma 1.5) of at most 7 pixels, odd, no wider than ``side``."""
+    size = max(1, min(7, side if side % 2 else side - 1))
+    r = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-r.square() / (2 * 1.5**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]  # (size, size)
+
+
+def ssim_loss(x: Tensor, ref: Tensor) -> Tensor:
+    """1 - SSIM (Wang et al. 2004, eq. 13) of each image of x against ref, both (B, C, H, W) in
+    [-1, 1]: (B,). Differentiable; computed on [0, 1] images with a Gaussian window (sigma 1.5,
+    7 pixels or the largest odd size that fits) under reflect padding, averaged over pixels and channels."""
+    a, b = (x.float() + 1) / 2, (ref.float() + 1) / 2
+    C = a.shape[1]
+    w = _ssim_window(min(a.shape[-2:]), a.device, a.dtype)
+    k = w[None, None].expand(C, 1, *w.shape)  # (C, 1, size, size): one window per channel
+    p = w.shape[-1] // 2
+
+    def blur(t: Tensor) -> Tensor:
+        return F.conv2d(F.pad(t, (p, p, p, p), mode="reflect") if p else t, k, groups=C)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a.square()
+    var_b = blur(b * b) - mu_b.square()
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2  # (K1 L)^2, (K2 L)^2 with data range L = 1
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2))
+    return 1 - mean_flat(s)
+
+
+def gradient_loss(x: Tensor, ref: Tensor, *, scales: int = 3) -> Tensor:
+    """L1 between the horizontal and vertical finite differences of x and ref at ``scales`` scales
+    (each a 2x average-pooling of the last), averaged: (B,). Edges and texture, with no download."""
+    a, b = x.float(), ref.float()
+    out = []
+    for _ in range(scales):
+        if min(a.shape[-2:]) < 2:
+            break
+        dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
+        dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
+        out.append((mean_flat(dx.abs()) + mean_flat(dy.abs())) / 2)
+        a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    return torch.stack(out).mean(0) if out else a.new_zeros(a.shape[0])
+
+
+def perceptual_loss(x: Tensor, ref: Tensor, kind: str) -> Tensor:
+    """The structure term ``kind`` (one of ``PERCEPTUAL``) of each image: (B,)."""
+    if kind not in PERCEPTUAL:
+        raise choice_error("perceptual term", kind, PERCEPTUAL)
+    out = x.new_zeros(x.shape[0], dtype=torch.float32)
+    if "ssim" in kind:
+        out = out + ssim_loss(x, ref)
+    if "gradient" in kind:
+        out = out + gradient_loss(x, ref)
+    return out
+
+
+def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """The discriminator's hinge loss 0.5 (E relu(1 - D(x)) + E relu(1 + D(x_hat))) of each sample,
+    averaged over its patches: (B,) (Lim & Ye 2017, as taming-transformers' ``hinge_d_loss``)."""
+    return 0.5 * (mean_flat(F.relu(1.0 - logits_real.float())) + mean_flat(F.relu(1.0 + logits_fake.float())))
+
+
+def hinge_g_loss(logits_fake: Tensor) -> Tensor:
+    """The generator's adversarial term -E D(x_hat), averaged over each sample's patches: (B,)."""
+    return -mean_flat(logits_fake.float())

@@ -115,6 +115,8 @@ def resolve_config(args) -> tuple[Config, set[str]]:
         over["process.kind"] = args.process
     if getattr(args, "blend_data", None):
         over["process.blend_data"] = args.blend_data
+    if getattr(args, "model_kind", None):
+        over["model.kind"] = args.model_kind
     cfg = apply_overrides(Config(), {**toml, **over})  # one resolve: the command line wins over the file
     check_process_config(cfg.process)
     return cfg, explicit | set(over)

@@ -18,8 +18,11 @@ def run_info(args) -> int:
 
     from ..nets import count_parameters, forward_flops
     from ..runs import MODEL_FILE, STATE_FILE, Run
-    from ..runs.checkpoint import model_step
+    from ..runs.checkpoint import model_kind, model_step
 
+    path = Path(args.run)
+    if model_kind(path / MODEL_FILE if path.is_dir() else path) == "autoencoder":
+        return _autoencoder_info(path)
     run = Run.load(args.run, device="cpu")
     info, net = run.data, run.net
     params = count_parameters(net, trainable_only=False)  # a loaded run has gradients off
@@ -35,6 +38,46 @@ def run_info(args) -> int:
     print(f"trained:    {steps} steps" + ("" if (Path(args.run) / STATE_FILE).exists() else " (no resume state)"))
     print("config:")
     print(run.config.to_json())
+    return 0
+
+
+def _autoencoder_info(path: Path) -> int:
+    """``unblur info`` for an autoencoder run: factor, latent shape, scale factor, held-out PSNR/SSIM."""
+    from ..nets import count_parameters
+    from ..pipelines import load_autoencoder
+    from ..runs import MODEL_FILE, STATE_FILE, load_model
+    from ..runs.checkpoint import model_step
+    from ..training.autoencoder import holdout_split
+
+    ae = load_autoencoder(path, device="cpu")
+    folder = Path(ae.path)
+    _, cfg, info = load_model(folder / MODEL_FILE)
+    C, H, W = info.shape
+    c, h, w = ae.latent_shape(H, W)
+    net = ae.model.config
+    steps = model_step(folder / MODEL_FILE)
+    held = [r for r in read_jsonl(folder / "metrics.jsonl") if "heldout_psnr" in r]
+    print(f"run:        {path}")
+    print(f"kind:       autoencoder (KL), downsampling {ae.downsampling}: {C}x{H}x{W} images <-> {c}x{h}x{w} "
+          f"latents ({C * H * W / (c * h * w):.3g}x fewer values)")
+    print(f"data:       {info.source} ({info.num_items} images)")
+    print(f"network:    AutoencoderKL, widths {','.join(map(str, net.block_out_channels))}, "
+          f"{count_parameters(ae.model, trainable_only=False):,} parameters, middle attention "
+          f"{'on' if net.mid_block_add_attention else 'off'}")
+    print(f"latents:    scaling_factor {ae.scaling_factor:.6g} (1 / std of the latent means on the training images), "
+          f"shift_factor {ae.shift_factor:g}")
+    if held:
+        last = held[-1]
+        ssim = f", SSIM {last['heldout_ssim']:.4f}" if "heldout_ssim" in last else ""
+        n_held = len(holdout_split(info.num_items, cfg.autoencoder.holdout, cfg.train.seed)[1])
+        print(f"held out:   {n_held} images ({cfg.autoencoder.holdout:.0%}): reconstruction PSNR "
+              f"{last['heldout_psnr']:.2f} dB{ssim} (step {last['step']})")
+    print(f"trained:    {steps} steps" + ("" if (folder / STATE_FILE).exists() else " (no resume state)"))
+    print(f"weights:    sha256 {ae.sha256}")
+    print(f"use:        a latent diffusion run takes it with --latent {str(path)!r}; in Python, "
+          "unblur.pipelines.load_autoencoder opens it")
+    print("config:")
+    print(cfg.to_json())
     return 0
 
 

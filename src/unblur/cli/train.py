@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     t.add_argument("--process", help="edm | vp | cold diffusion: blur | pixelate | mask | desaturate | snow | "
                    "blend | noise | jpeg (options: --set process.KEY=VALUE)")
     t.add_argument("--blend-data", help="blend: the second data set mixed into the images")
+    t.add_argument("--model", dest="model_kind", metavar="KIND",
+                   help="unet | mlp | auto (the default: unet for images, mlp for vectors) | autoencoder (a KL "
+                   "autoencoder for latent diffusion; options: --set autoencoder.KEY=VALUE)")
     add_config_args(t)
     t.set_defaults(fn=run_train)
 

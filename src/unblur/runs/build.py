@@ -14,7 +14,7 @@ from ..types import DataInfo, Denoiser, Process
 from ..utils import choice_error
 
 PROCESSES = ("edm", "vp", *COLD_PROCESSES)
-MODELS = ("auto", "unet", "mlp")
+MODELS = ("auto", "unet", "mlp", "autoencoder")
 
 
 def build_process(cfg: Config, data_info: DataInfo | None = None) -> Process:
@@ -58,7 +58,8 @@ def data_info_of(data) -> DataInfo:
 
 
 def build_net(cfg: Config, data_info: DataInfo) -> nn.Module:
-    """The raw network (U-Net or MLP) for the data, with the conditioning inputs ``cfg.cond`` asks for."""
+    """The raw network (U-Net or MLP) for the data, with the conditioning inputs ``cfg.cond`` asks for;
+    for ``model.kind=autoencoder`` the ``AutoencoderKL`` of ``cfg.autoencoder`` (not a ``Net``)."""
     from ..nets import MLPConfig, MLPDenoiserNet, default_unet_config
 
     m = cfg.model
@@ -66,6 +67,12 @@ def build_net(cfg: Config, data_info: DataInfo) -> nn.Module:
     if kind not in MODELS:
         raise choice_error("model kind", kind, MODELS)
     is_image = data_info.kind == "image"
+    if kind == "autoencoder":
+        if not is_image:
+            raise ValueError(f"model.kind=autoencoder needs image data, but {data_info.source!r} holds vectors")
+        from ..pipelines.autoencoder import build_autoencoder
+
+        return build_autoencoder(cfg, data_info.shape)
     if kind == "auto":
         kind = "unet" if is_image else "mlp"
     if kind == "unet" and not is_image:

@@ -32,11 +32,14 @@ FORMAT = 1
 
 
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], config: Config, data_info: DataInfo, *,
-               step: int | None = None) -> None:
+               step: int | None = None, extra: dict[str, str] | None = None) -> None:
+    """Write the inference export; ``extra``: more metadata strings (an autoencoder run's network
+    config and latent shape, ``pipelines.autoencoder``)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     meta = {"format": str(FORMAT), "config": config.to_json(), "data_info": json.dumps(data_info.to_dict())}
     if step is not None:
         meta["step"] = str(step)
+    meta.update(extra or {})
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
@@ -56,6 +59,18 @@ def load_model(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, DataI
         raise ValueError(f"{str(path)!r} has no unblur config in its metadata: it was not written by unblur")
     info = DataInfo.from_dict(json.loads(meta.get("data_info", "{}")))
     return tensors, Config.from_dict(json.loads(meta["config"])), info
+
+
+def model_kind(path: str | Path) -> str | None:
+    """The ``model.kind`` of a model export (``autoencoder``, ``unet``, ...), read from the
+    safetensors header alone; None when the file is missing or not an unblur export."""
+    try:
+        with Path(path).open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n)).get("__metadata__", {})
+        return str(json.loads(meta["config"]).get("model", {}).get("kind", "auto"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, MemoryError):
+        return None
 
 
 def model_step(path: str | Path) -> int | None:

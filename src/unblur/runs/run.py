@@ -97,6 +97,8 @@ class Run(Editing):
         if not path.exists():
             raise ValueError(f"run {str(path)!r} does not exist: give a folder written by `unblur train --out`")
         state, cfg, info = load_model(path / MODEL_FILE if path.is_dir() else path)
+        if cfg.model.kind == "autoencoder":
+            raise ValueError(autoencoder_refusal(path, cfg, info))
         dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         net = build_net(cfg, info)
         net.load_state_dict(state)
@@ -263,6 +265,15 @@ class Run(Editing):
 
 
 TILE_FACTOR = 4  # restore: images up to this many times the training size (per side) are run whole
+
+
+def autoencoder_refusal(path: Path, cfg: Config, info: DataInfo) -> str:
+    """Why an autoencoder run cannot be sampled, evaluated, edited or restored, and what it is for."""
+    C, H, W = info.shape
+    f, c = cfg.autoencoder.downsampling, cfg.autoencoder.latent_channels
+    return (f"{str(path)!r} is an autoencoder run ({C}x{H}x{W} images <-> {c}x{H // f}x{W // f} latents, "
+            f"downsampling {f}): it encodes and decodes images, it does not sample, evaluate, edit or restore; a "
+            f"latent diffusion run uses it with --latent {str(path)!r} (`unblur info {str(path)!r}` describes it)")
 
 
 def _channels(c: int) -> tuple[str, str]:

@@ -31,6 +31,7 @@ from ..images import grid_scale, make_grid, save_png, scatter_image
 from ..nets import count_parameters, forward_flops
 from ..nets.presets import UNetSize, describe_unet, unet_preset
 from ..objectives import LossModule
+from ..pipelines.autoencoder import AUTOENCODER_KEY, LATENT_SHAPE_KEY
 from ..runs import Run, build_denoiser, build_net, build_process, data_info_of
 from ..runs.checkpoint import (
     CONFIG_FILE,
@@ -44,6 +45,7 @@ from ..runs.checkpoint import (
 from ..runs.lock import LOCK_FILE, acquire
 from ..types import DataInfo
 from ..utils import atomic_write_bytes, read_jsonl, resolve_device, seeded_generators
+from .autoencoder import AutoencoderTraining, describe_autoencoder
 from .cold import restoration_metrics
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
@@ -267,7 +269,8 @@ def size_model(cfg: Config, data_info: DataInfo, device: torch.device) -> tuple[
     words on the preset (``preset cpu-32 (32x32 images on cpu)``), or None where every size was
     given or the data are vectors."""
     m = cfg.model
-    if data_info.kind != "image" or m.kind == "mlp" or all(getattr(m, k) is not None for k in MODEL_SIZES):
+    if data_info.kind != "image" or m.kind in ("mlp", "autoencoder") or \
+            all(getattr(m, k) is not None for k in MODEL_SIZES):
         return cfg, None
     H, W = data_info.shape[1:]
     name, preset = unet_preset((H, W), device.type)
@@ -321,7 +324,8 @@ def default_conditioning(cfg: Config, data: Data, explicit: set[str] | None) -> 
     None (a library call) keeps ``cfg`` as it is."""
     from ..config import GAUSSIAN_PROCESSES
 
-    if explicit is None or data.kind != "image" or cfg.process.kind not in GAUSSIAN_PROCESSES:
+    if explicit is None or data.kind != "image" or cfg.process.kind not in GAUSSIAN_PROCESSES or \
+            cfg.model.kind == "autoencoder":
         return cfg
     changes: dict[str, Any] = {}
     if "cond.text_encoder" not in explicit and data.has_captions:
@@ -450,13 +454,17 @@ class Trainer:
         if state is None:  # a resumed run keeps its own contexts and network
             cfg = default_conditioning(cfg, self.data, explicit)
             self.cfg = cfg
-        self.say(describe_conditioning(cfg, self.data))
+        ae = cfg.model.kind == "autoencoder"
+        if ae and self.data.kind != "image":
+            raise ValueError(f"model.kind=autoencoder needs image data, but {cfg.data.source!r} holds vectors")
+        if not ae:  # an autoencoder has no conditioning (config.validate refuses it)
+            self.say(describe_conditioning(cfg, self.data))
         if cfg.data.shift and self.data.kind == "image":
             side = min(self.data.image_size)
             if not 0 <= cfg.data.shift < side:
                 raise ValueError(f"data.shift={cfg.data.shift} must lie in 0..{side - 1} pixels "
                                  f"for {side}-pixel images")
-        if cfg.process.sigma_data is None:  # measured once, then saved with the run
+        if cfg.process.sigma_data is None and not ae:  # measured once, then saved with the run
             sd = float(self.data.x.float().std())
             cfg = replace(cfg, process=replace(cfg.process, sigma_data=round(sd, 4)))
             self.cfg = cfg
@@ -472,9 +480,12 @@ class Trainer:
         how = "the run's own"
         if state is None:  # written into the config, so that the run rebuilds the same network
             self.cfg, preset = size_model(self.cfg, self.data_info, self.device)
-            how = preset or "model.* as given"
+            how = preset or ("autoencoder.* as given" if ae else "model.* as given")
         self._build_model()
-        self.say(describe_model(self.data_info, self.net, self.device, how))
+        if self.autoencoder is not None:
+            self.say(describe_autoencoder(self.net, self.autoencoder, cfg.autoencoder, how))
+        else:
+            self.say(describe_model(self.data_info, self.net, self.device, how))
         self.step, self.nimg = 0, 0
         if state is not None:
             self.net.load_state_dict(state["net"])
@@ -482,10 +493,17 @@ class Trainer:
             self.opt.load_state_dict(state["opt"])
             self.step, self.nimg = int(state["step"]), int(state["nimg"])
             torch.set_rng_state(state["rng_cpu"])
+            if self.autoencoder is not None:
+                self.autoencoder.load_state(state)
         if self.dist.main:  # metrics after the last checkpoint are logged again; a new run starts afresh
             truncate_metrics(self.out / "metrics.jsonl", self.step)
         self.progress = progress and self.dist.main
         self.x_all = self.data.x.to(self.device)
+        self.x_held = None  # an autoencoder's held-out images; it trains on the rest
+        if self.autoencoder is not None:
+            self.x_held = self.x_all[self.autoencoder.held_idx.to(self.device)]
+            self.x_all = self.x_all[self.autoencoder.train_idx.to(self.device)]
+        self._evaluated = self.step if state is not None else -1  # the step whose held-out metrics are logged
 
     def say(self, line: str) -> None:
         """Keep one line about the run in ``notes`` and hand it to ``report`` (the CLI prints it)."""
@@ -525,10 +543,17 @@ class Trainer:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
-        self.model = build_denoiser(cfg, net, self.process)
-        o = cfg.objective
-        loss_module: nn.Module = LossModule(self.model, loss=getattr(o, self.process.loss_key),
-                                            weighting=o.weighting, min_snr_gamma=o.min_snr_gamma)
+        self.autoencoder: AutoencoderTraining | None = None
+        loss_module: nn.Module
+        if cfg.model.kind == "autoencoder":  # its own loss (and discriminator): training/autoencoder.py
+            self.autoencoder = AutoencoderTraining(cfg, net, self.data.x, device=self.device,
+                                                   autocast=self._autocast, world=self.dist.world)
+            loss_module = self.autoencoder.loss
+        else:
+            self.model = build_denoiser(cfg, net, self.process)
+            o = cfg.objective
+            loss_module = LossModule(self.model, loss=getattr(o, self.process.loss_key),
+                                     weighting=o.weighting, min_snr_gamma=o.min_snr_gamma)
         if t.compile:
             loss_module = torch.compile(loss_module)
         if self.dist.world > 1:
@@ -585,7 +610,9 @@ class Trainer:
         if not self.dist.main:
             return
         atomic_write_bytes(self.out / CONFIG_FILE, self.cfg.to_json().encode())
-        save_model(self.out / MODEL_FILE, self.ema.state_dict(), self.cfg, self.data_info, step=self.step)
+        extra = self._autoencoder_export() if self.autoencoder is not None else None
+        save_model(self.out / MODEL_FILE, self.ema.state_dict(), self.cfg, self.data_info, step=self.step,
+                   extra=extra)
         state = {
             "step": self.step,
             "nimg": self.nimg,
@@ -595,6 +622,7 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
             "data_info": self.data_info.to_dict(),
+            **(self.autoencoder.state() if self.autoencoder is not None else {}),
         }
         save_train_state(self.out / STATE_FILE, state)
         keep = self.cfg.train.keep_checkpoints
@@ -617,11 +645,31 @@ class Trainer:
             self.lock.release()
             self.lock = lock
 
+    def _autoencoder_export(self) -> dict[str, str]:
+        """An autoencoder's metadata for ``model.safetensors``: its diffusers config with the latent
+        scale measured now on the training images, and the latent shape; the held-out PSNR and
+        SSIM go to metrics.jsonl (once per step)."""
+        ae = self.autoencoder
+        assert ae is not None and self.x_held is not None
+        scale = ae.measure_scale(self.ema, self.x_all)
+        config = replace(self.ema.config, scaling_factor=float(f"{scale:.6g}"))
+        self.ema.config = self.net.config = config  # the modules say what the export says
+        if self.step != self._evaluated:
+            self._log({"step": self.step, **ae.heldout_metrics(self.ema, self.x_held), "scaling_factor":
+                       config.scaling_factor, "latent_shape": list(ae.latent_shape)})
+            self._evaluated = self.step
+        return {AUTOENCODER_KEY: json.dumps(config.to_dict()), LATENT_SHAPE_KEY: json.dumps(list(ae.latent_shape))}
+
     def sample_grid(self) -> Path | None:
         """Write a grid of samples from the EMA network (restorations of fully degraded data
-        where the process has no image-free start) and, for restorers, log their PSNR/SSIM."""
+        where the process has no image-free start) and, for restorers, log their PSNR/SSIM;
+        for an autoencoder, held-out images beside their reconstructions."""
         if not self.dist.main or self.cfg.sample.grid_n <= 0:
             return None
+        if self.autoencoder is not None:
+            path = self.out / "samples" / f"step-{self.step:08d}.png"
+            save_png(self.autoencoder.grid(self.ema, self.x_held, self.x_all, self.cfg.sample.grid_n), path)
+            return path
         s, run = self.cfg.sample, self.ema_run()
         n = s.grid_n if self.data.kind == "image" else 4000
         plan = run.plan()
@@ -659,7 +707,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def train_step(self) -> dict:
         t, d = self.cfg.train, self.dist
-        idx = batch_indices(self.step, t.batch_size, len(self.data), t.seed)
+        idx = batch_indices(self.step, t.batch_size, len(self.x_all), t.seed)
         idx = idx[d.rank :: d.world]  # this process's share of the global batch
         gen = torch.Generator(self.device).manual_seed(_mix(t.seed, self.step, d.rank, 1))
         torch.manual_seed(_mix(t.seed, self.step, d.rank, 2))  # dropout
@@ -669,19 +717,28 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         micro = idx.chunk(t.grad_accum)
+        ae, parts, pairs = self.autoencoder, {}, []  # an autoencoder's loss terms and (real, reconstructed) batches
         for k, mi in enumerate(micro):
             x0 = self.x_all[mi.to(self.device)]
-            cond = self.conditioner.items(mi.to(self.device))
+            cond = self.conditioner.items(mi.to(self.device)) if ae is None else None
             x0, cond = augment(x0, cond, gen, hflip=self.cfg.data.hflip, shift=self.cfg.data.shift)
             if self.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            level, x_t = self.process.training_pair(x0, gen)  # the process's levels and degraded batch
-            cond = drop_cond(cond, self.conditioner.p, gen, self.conditioner.num_classes)
             sync = contextlib.nullcontext()
             if d.world > 1 and k < len(micro) - 1:
                 sync = self.loss_module.no_sync()
-            with sync, self._autocast():
-                loss = self.loss_module(x0, level, x_t, cond).mean()
+            if ae is not None:  # reconstruct a draw from q(z | x0): no process, no condition
+                with sync, self._autocast():
+                    per_image, x_hat, terms = self.loss_module(x0, gen, adversarial=ae.adversarial(self.step))
+                    loss = per_image.mean()
+                pairs.append((x0, x_hat))
+                for key, v in terms.items():
+                    parts[key] = parts.get(key, 0.0) + v.item() / len(micro)
+            else:
+                level, x_t = self.process.training_pair(x0, gen)  # the process's levels and degraded batch
+                cond = drop_cond(cond, self.conditioner.p, gen, self.conditioner.num_classes)
+                with sync, self._autocast():
+                    loss = self.loss_module(x0, level, x_t, cond).mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at step {self.step}: training stopped and {self._kept()}; "
@@ -698,6 +755,8 @@ class Trainer:
                 "lower train.lr or enable train.grad_clip"
             )
         self.opt.step()
+        if ae is not None and ae.adversarial(self.step):
+            parts.update(ae.discriminator_step(pairs, lr, t.grad_clip))
         self.nimg += t.batch_size
         beta = ema_beta(self.nimg, t.batch_size, t)
         with torch.no_grad():
@@ -709,7 +768,7 @@ class Trainer:
             dist.all_reduce(loss_t)
             total = loss_t.item() / d.world
         self.step += 1
-        return {"loss": total, "lr": lr, "grad_norm": float(grad_norm)}
+        return {"loss": total, **parts, "lr": lr, "grad_norm": float(grad_norm)}
 
     def run(self) -> dict:
         t = self.cfg.train
