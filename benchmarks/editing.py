@@ -36,7 +36,8 @@ from unblur.config import Config, apply_overrides
 from unblur.editing import repaint_nfe
 from unblur.eval.distances import frechet_distance
 from unblur.eval.restoration import psnr
-from unblur.images import make_grid, save_png
+from unblur.images import save_png
+from unblur.show import labelled_grid
 from unblur.training.trainer import Trainer
 
 
@@ -86,13 +87,14 @@ def cmd_digits(args) -> None:
         print(f"| {label} | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |")
     print("| held-out digits | " + " | ".join(f"{acc(x):.3f} / 0" for _ in names) + " | - |")
     if args.pictures:
-        # Rows: input, then the mask, mean fill, replace and repaint of each mask kind.
-        rows = [x[:8]]
+        # Rows: input, then per mask kind: the mask, replace (20 steps), replace (410) and repaint.
+        rows, labels = [x[:8]], ["held-out digits"]
         for name, m in digit_masks(len(x)).items():
             rows.append(torch.where(m[:8], torch.full_like(x[:8], 0.4), x[:8] * 0.5 - 0.5))
-            rows += [pictures[(label, name)] for label, _ in methods if label != "mean fill"]
+            rows += [pictures[(label, name)] for label, _ in methods[1:]]
+            labels += [f"mask: {name}", "replace, 20 steps", f"replace, {nfe} steps", "repaint 10x10"]
         out = Path(args.pictures) / "edit_inpaint_digits.png"
-        save_png(make_grid(torch.cat(rows).clamp(-1, 1), nrow=8, scale=4), out)
+        save_png(labelled_grid(torch.cat(rows), 8, labels, scale=4), out)
         print(f"\npicture: {out} (8 held-out digits; per mask: the mask, replace 20, replace {nfe}, repaint)")
 
 
@@ -143,29 +145,32 @@ def shapes_pictures(run, x: torch.Tensor, results: dict, folder: Path) -> None:
     scale = 4
     # img2img: rows input, then each strength.
     rows = [x[:k]] + [results[s][:k] for s in sorted(results)]
-    save_png(make_grid(torch.cat(rows).clamp(-1, 1), nrow=k, scale=scale), folder / "edit_img2img.png")
+    save_png(labelled_grid(torch.cat(rows), k, ["input"] + [f"strength {s:g}" for s in sorted(results)], scale=scale),
+             folder / "edit_img2img.png")
     # inpainting: a centre box regenerated, replace and repaint, 2 variations each.
     m = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
     m[..., 8:24, 8:24] = True
     rep = run.edit(x[:k], m, n=1, seed=1).x
     rp = run.edit(x[:k], m, method="repaint", steps=50, jump_length=10, jump_n=10, seed=1).x
     shown = torch.where(m, torch.full_like(x[:k], 0.4), x[:k] * 0.5 - 0.5)
-    save_png(make_grid(torch.cat([x[:k], shown, rep, rp]).clamp(-1, 1), nrow=k, scale=scale),
-             folder / "edit_inpaint.png")
+    save_png(labelled_grid(torch.cat([x[:k], shown, rep, rp]), k, ["input", "mask", "replace", "repaint 10x10"],
+                           scale=scale), folder / "edit_inpaint.png")
     # outpainting: 32x32 -> 32x64 (16 px left and right), in tiles of 32.
     out = run.outpaint(x[:4], (16, 16, 0, 0), seed=2).x
     canvas = torch.nn.functional.pad(x[:4], (16, 16, 0, 0), value=1.0)
-    save_png(make_grid(torch.cat([canvas, out]).clamp(-1, 1), nrow=4, scale=scale), folder / "edit_outpaint.png")
+    save_png(labelled_grid(torch.cat([canvas, out]), 4, ["input (32x32)", "outpainted 32x64"], scale=scale),
+             folder / "edit_outpaint.png")
     # inversion: input, the inverted noise (shown scaled), reconstruction.
     inv = run.invert(x[:k], steps=50)
     noise = (inv.noise / inv.level).clamp(-2, 2) / 2
-    save_png(make_grid(torch.cat([x[:k], noise, inv.reconstruction]).clamp(-1, 1), nrow=k, scale=scale),
-             folder / "edit_invert.png")
+    save_png(labelled_grid(torch.cat([x[:k], noise, inv.reconstruction]), k,
+                           ["input", "inverted noise", "reconstruction"], scale=scale), folder / "edit_invert.png")
     err = float((inv.reconstruction - x[:k]).abs().max())
     # interpolation: between two pairs of images, 8 frames each.
     f1 = run.interpolate(x[0:1], x[1:2], frames=8, steps=50)
     f2 = run.interpolate(x[2:3], x[3:4], frames=8, steps=50, strength=0.6)
-    save_png(make_grid(torch.cat([f1, f2]).clamp(-1, 1), nrow=8, scale=scale), folder / "edit_interpolate.png")
+    save_png(labelled_grid(torch.cat([f1, f2]), 8, ["strength 1", "strength 0.6"], scale=scale),
+             folder / "edit_interpolate.png")
     print(f"\npictures in {folder}/: edit_img2img.png, edit_inpaint.png, edit_outpaint.png, edit_invert.png "
           f"(largest reconstruction error {err:.4f}), edit_interpolate.png")
 

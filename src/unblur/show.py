@@ -147,7 +147,18 @@ def record_trajectory(run, plan, *, n: int, seed: int) -> tuple[list[StepInfo], 
 
     gens = seeded_generators(range(seed, seed + n), device=run.device)
     x = run.generate(n, plan=plan, generator=gens, callback=keep)
+    if getattr(run, "latent", None) is not None:  # a latent run's trajectory, decoded at every step
+        infos = [_decoded(run, i) for i in infos]
+        x = run.decode(x)
     return infos, x.float().cpu()
+
+
+def _decoded(run, info: StepInfo) -> StepInfo:
+    """A latent run's step with x0_hat decoded, and x_t decoded as the VP model sees it (x / sqrt(1 +
+    sigma^2)), stored so that ``_vp_view`` shows exactly that decoded picture."""
+    s = float(info.sigma_next)
+    x = run.decode(_vp_view(info.x, s)).float().cpu() * math.sqrt(1 + s * s)
+    return StepInfo(info.step, info.total, x, info.sigma, info.sigma_next, run.decode(info.x0_hat).float().cpu())
 
 
 def _vp_view(x: Tensor, sigma: float) -> Tensor:
@@ -186,6 +197,13 @@ def trajectory_pictures(infos: list[StepInfo], *, columns: int = 8) -> tuple[Ima
                                    fill=0 if left.mode == "L" else (0, 0, 0))
         frames.append(frame)
     return strip, frames
+
+
+def labelled_grid(x: Tensor, nrow: int, labels: Sequence[str], *, scale: int | None = None) -> Image.Image:
+    """A grid of images (B, C, H, W) in [-1, 1], ``nrow`` per row, each row labelled on the left."""
+    scale = scale or grid_scale(x.shape[-2])
+    img = make_grid(x.float().clamp(-1, 1), nrow=nrow, scale=scale)
+    return _label_rows(img, list(labels), x.shape[-2] * scale, 2 * scale)
 
 
 def edit_strip(x: Tensor, mask: Tensor | None, infos: list[StepInfo], out: Tensor, *, columns: int = 4,
