@@ -37,6 +37,8 @@ class DataConfig:
     max_bad_fraction: float = 0.1  # error when more than this fraction of images fails to load
     num_points: int = 20000  # points drawn from a builtin:toy2d set
     num_images: int = 10000  # images drawn for builtin:shapes and builtin:shapes:pairs
+    latent: str = ""  # an autoencoder (unblur run or diffusers folder): diffuse in its latent space; "" = pixels
+    embed_ae: bool = False  # latent runs: copy the autoencoder's weights into the run folder
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,8 @@ RULES: dict[str, Rule] = {
     "data.max_bad_fraction": _within(0, 1),
     "data.num_points": _at_least(1),
     "data.num_images": _at_least(1),
+    "data.latent": Rule(lambda v: v == "" or (bool(v.strip()) and v.isprintable()),
+                        "an autoencoder run folder or diffusers AutoencoderKL folder (or empty: pixel space)"),
     "model.kind": _one_of(*MODEL_KINDS),
     "model.base_channels": _at_least(1),
     "model.channel_mult": _each(_at_least(1), what="one or more multipliers (e.g. 1,2,2)"),
@@ -497,6 +501,21 @@ def validate(cfg: Config) -> None:
         if not ok(section):
             raise _refuse(key, getattr(section, name), want(section))
     _check_autoencoder(cfg)
+    _check_latent(cfg)
+
+
+def _check_latent(cfg: Config) -> None:
+    """What a latent run (``data.latent``) cannot combine with."""
+    if not cfg.data.latent:
+        if cfg.data.embed_ae:
+            raise ValueError("data.embed_ae copies a latent run's autoencoder into the run: it needs --latent AE")
+        return
+    if cfg.model.kind == "autoencoder":
+        raise ValueError("an autoencoder is trained on pixels: drop --latent (data.latent) from --model autoencoder")
+    if cfg.cond.image != "none":
+        raise ValueError(f"cond.image={cfg.cond.image} is not supported on a latent run yet: train it on pixels")
+    if cfg.data.shift:
+        raise ValueError("data.shift translates pixels, which a latent run never sees: drop it with --latent")
 
 
 def parse_set(items: list[str]) -> dict[str, str]:

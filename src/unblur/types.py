@@ -114,6 +114,12 @@ class DataInfo:
     text_dim: int | None = None  # width of the caption features the network was built for
     cold_start: dict | None = None  # a cold process's fitted start statistics
     fingerprint: str | None = None  # a hash of the training tensor: resume refuses other data
+    latent: dict | None = None  # a latent run's autoencoder (path, sha256), shift, scale and image shape
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of the data a user sees: the images a latent run decodes to, else ``shape``."""
+        return tuple(self.latent["image_shape"]) if self.latent else self.shape
 
     @property
     def is_image(self) -> bool:
@@ -128,6 +134,8 @@ class DataInfo:
             d["cold_start"] = self.cold_start
         if self.fingerprint is not None:
             d["fingerprint"] = self.fingerprint
+        if self.latent is not None:
+            d["latent"] = self.latent
         return d
 
     @classmethod
@@ -138,7 +146,7 @@ class DataInfo:
         return cls(kind=str(d["kind"]), shape=tuple(int(v) for v in d["shape"]), source=str(d.get("source", "")),
                    num_items=int(d.get("num_items", 0)), class_names=tuple(names) if names else None,
                    text_dim=d.get("text_dim"), cold_start=d.get("cold_start") or None,
-                   fingerprint=d.get("fingerprint"))
+                   fingerprint=d.get("fingerprint"), latent=d.get("latent") or None)
 
     # Mapping-style reads (``info["shape"]``, ``info.get("class_names")``) for code written
     # against the plain dict a run's metadata holds.

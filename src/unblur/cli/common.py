@@ -117,6 +117,10 @@ def resolve_config(args) -> tuple[Config, set[str]]:
         over["process.blend_data"] = args.blend_data
     if getattr(args, "model_kind", None):
         over["model.kind"] = args.model_kind
+    if getattr(args, "latent", None):
+        over["data.latent"] = args.latent
+    if getattr(args, "embed_ae", False):
+        over["data.embed_ae"] = "true"
     cfg = apply_overrides(Config(), {**toml, **over})  # one resolve: the command line wins over the file
     check_process_config(cfg.process)
     return cfg, explicit | set(over)

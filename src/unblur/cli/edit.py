@@ -96,7 +96,7 @@ def _read(path: Path, run, option: str):
     """(image at the run's size (1, C, H, W), its original (H, W))."""
     from ..images import open_image, read_image
 
-    C, H, W = run.data.shape
+    C, H, W = run.image_shape
     with open_image(path, option=option) as img:
         h, w = img.height, img.width
     if (h, w) != (H, W):
@@ -154,7 +154,7 @@ def run_edit(args) -> int:
     if (Path(args.input).is_dir() and inside) or any((out / f.relative_to(root)).resolve() == f.resolve()
                                                      for f in files):
         raise ValueError(f"--out {str(out)!r} would write over or among the --input images: choose another --out")
-    size = tuple(run.data.shape[-2:])
+    size = tuple(run.image_shape[-2:])
     extend = parse_extend(args.extend) if args.extend else None
     if mode == "interpolate" and len(files) != 1:
         raise ValueError(f"--interpolate goes from one --input image to another; --input {args.input!r} holds "

@@ -71,9 +71,23 @@ def load_real(args, run):
     if not args.data:
         return load_training_data(cfg)
     if args.resize and info.kind == "image":
-        C, H, W = info.shape
+        C, H, W = info.image_shape
         return load_data(args.data, size=(H, W), channels=C)
     return load_data(args.data)
+
+
+def _as_images(run) -> tuple:
+    """(the data description eval compares against,): the images a latent run decodes to."""
+    if run.latent is None:
+        return (run.data,)
+    return (dataclasses.replace(run.data, shape=run.image_shape, latent=None),)
+
+
+def _latent(run) -> dict:
+    """A latent run's decoder and latent shape for ``evaluate`` and ``sweep``."""
+    if run.latent is None:
+        return {}
+    return {"decode": run.decode, "sample_shape": run.data.shape}
 
 
 def _settings(args, run, **changes):
@@ -99,8 +113,8 @@ def run_eval(args) -> int:
     real = load_real(args, run)
     settings = _settings(args, run, sampler=plan.sampler, steps=plan.steps, grid=plan.grid)
     apply_threads(args)
-    report = evaluate(run.sampling_denoiser(), run.process, run.data, real, settings=settings, device=run.device,
-                      progress=progress_factory())
+    report = evaluate(run.sampling_denoiser(), run.process, *_as_images(run), real, settings=settings,
+                      device=run.device, progress=progress_factory(), **_latent(run))
     report["run"] = str(args.run)
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
@@ -159,8 +173,8 @@ def run_sweep(args) -> int:
     if not steps or min(steps) < 1:
         raise ValueError(f"--steps must list positive integers, got {args.steps!r}")
     apply_threads(args)
-    result = sweep(run.sampling_denoiser(), run.process, run.data, real, samplers=samplers, steps=steps,
-                   settings=settings, device=run.device, progress=progress_factory())
+    result = sweep(run.sampling_denoiser(), run.process, *_as_images(run), real, samplers=samplers, steps=steps,
+                   settings=settings, device=run.device, progress=progress_factory(), **_latent(run))
     out = Path(args.out) if args.out else Path(args.run) / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     table = sweep_table(result)

@@ -33,6 +33,12 @@ def run_info(args) -> int:
     print(f"run:        {args.run}")
     print(f"data:       {info.source} ({info.kind}, shape {tuple(info.shape)}, {info.num_items} items"
           + (f", {len(info.class_names)} classes" if info.class_names else "") + ")")
+    if run.latent is not None:
+        lat = info.latent
+        print(f"latent:     {'x'.join(map(str, run.image_shape))} images <-> {'x'.join(map(str, info.shape))} latents "
+              f"of {lat['autoencoder']} ({lat['kind']}, sha256 {str(lat['sha256'])[:12]}"
+              f"{', embedded copy in the run' if lat.get('embedded') else ''}), shift {lat['shift']:+.4f}, "
+              f"scale {lat['scale']:.4f}")
     print(f"network:    {type(net).__name__}, {params:,} parameters, {flops / 1e6:.2f} MFLOP per sample forward")
     print(f"process:    {run.process!r}")
     print(f"trained:    {steps} steps" + ("" if (Path(args.run) / STATE_FILE).exists() else " (no resume state)"))

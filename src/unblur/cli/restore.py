@@ -110,7 +110,7 @@ def run_restore(args) -> int:
         raise ValueError("give either --level or --estimate-level, not both")
     _check_level(args.level)
     run = Run.load(args.run, device=args.device)
-    run.check_restorable(run.data.shape)  # a Gaussian run is refused before any file is read
+    run.check_restorable(run.image_shape)  # a Gaussian run is refused before any file is read
     root, files = list_images(args.input)
     ref_root = Path(args.reference) if args.reference else None
     if ref_root is not None and not ref_root.is_dir():

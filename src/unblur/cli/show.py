@@ -133,8 +133,8 @@ def _forward(args) -> int:
     else:  # blend mixes in the other images of the data (all of them if every one is shown)
         partners = data.x[order[args.n :]] if len(data) > args.n else data.x
         degrade = show.get_degrade(args.process, device, partners=partners)
-    if args.run and tuple(x0.shape[1:]) != tuple(run.data.shape):
-        raise ValueError(f"the run degrades images of shape {tuple(run.data.shape)}, but {source!r} holds "
+    if args.run and tuple(x0.shape[1:]) != tuple(run.image_shape):
+        raise ValueError(f"the run degrades images of shape {tuple(run.image_shape)}, but {source!r} holds "
                          f"{tuple(x0.shape[1:])}: give --data with images of the run's size, or --size")
     ts = np.linspace(0.0, 1.0, args.levels).tolist()
     img = show.forward_strip(x0.to(device), degrade, ts)
@@ -163,7 +163,7 @@ def _edit(args, run) -> int:
         raise ValueError(f"--levels must be >= 1, got {args.levels}")
     strength = strength_arg(str(args.strength)) if args.strength is not None else None
     root, files = list_images(args.input)
-    size = tuple(run.data.shape[-2:])
+    size = tuple(run.image_shape[-2:])
     xs, masks = [], []
     for f in files[: args.n]:
         x, orig = _read(f, run, "--input")

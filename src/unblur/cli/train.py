@@ -25,6 +25,10 @@ def add_parser(sub) -> None:
     t.add_argument("--model", dest="model_kind", metavar="KIND",
                    help="unet | mlp | auto (the default: unet for images, mlp for vectors) | autoencoder (a KL "
                    "autoencoder for latent diffusion; options: --set autoencoder.KEY=VALUE)")
+    t.add_argument("--latent", metavar="AE", help="diffuse in the latent space of this autoencoder: an unblur "
+                   "autoencoder run or a diffusers AutoencoderKL / TAESD folder (the data is encoded once, cached)")
+    t.add_argument("--embed-ae", action="store_true", help="with --latent: copy the autoencoder's weights into the "
+                   "run folder, so the run stands alone")
     add_config_args(t)
     t.set_defaults(fn=run_train)
 

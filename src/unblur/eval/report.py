@@ -127,8 +127,10 @@ def generate_samples(
     batch: int,
     device: torch.device,
     progress: Progress = _no_progress,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, float]:
-    """n samples (on the CPU, images clamped to [-1, 1]) and the seconds they took."""
+    """n samples (on the CPU, images clamped to [-1, 1]) and the seconds they took. ``decode``
+    turns what the sampler makes (a latent run's latents of ``shape``) into the images."""
     from ..sampling import generate
 
     update = progress(f"sample {sampler} x{steps}", n)
@@ -139,13 +141,15 @@ def generate_samples(
         gens = seeded_generators(range(seed + start, seed + start + b), device=device)
         x = generate(denoiser, (b, *shape), process=process, sampler=sampler, steps=steps, grid=grid,
                      generator=gens, device=device)
+        if decode is not None:
+            x = decode(x)
         chunks.append(x.float().cpu())
         update(b)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     x = torch.cat(chunks)
-    return (x.clamp(-1, 1) if len(shape) == 3 else x), seconds
+    return (x.clamp(-1, 1) if x.ndim == 4 else x), seconds
 
 
 def compare(
@@ -180,8 +184,15 @@ def evaluate(
     settings: EvalSettings,
     device: torch.device,
     progress: Progress = _no_progress,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    sample_shape: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The whole report: metrics of generated samples, the floor, baselines, likelihoods, settings.
+
+    A latent run gives ``decode`` (latents -> images) and ``sample_shape`` (its latents' shape);
+    ``info`` then describes the images, and the samples are compared as decoded images against
+    the data at full resolution. Likelihoods and restoration metrics, which would measure the
+    latents, are refused there.
 
     With no ``settings.metrics``, the defaults for the data and process (``default_metrics``);
     of those, the Inception Score is left out, and the report's ``notes`` say so, where the
@@ -189,6 +200,15 @@ def evaluate(
     """
     given = settings.metrics is not None
     metrics = check_metrics(settings.metrics) if given else default_metrics(info, process)
+    latent_notes = []
+    if decode is not None:
+        latent_only = [m for m in metrics if m in ("bpd", "nll", "psnr", "ssim")]
+        if latent_only and given:
+            raise ValueError(f"{', '.join(latent_only)} would measure a latent run's latents, not its images: "
+                             "drop them (fid, kid, pr and is are computed on the decoded images)")
+        if latent_only:
+            metrics = tuple(m for m in metrics if m not in latent_only)
+            latent_notes.append(f"{', '.join(latent_only)} left out: on a latent run they would measure the latents")
     check_data(real, info)
     is_image = info["kind"] == "image"
     if not is_image and "bpd" in metrics:
@@ -207,7 +227,7 @@ def evaluate(
                 f"too few samples: {len(real)} real items give halves of {len(ref)}, and --n is {n}; "
                 f"{', '.join(sample_metrics)} need at least {need} in each set (use more data or a larger --n)"
             )
-    report: dict[str, Any] = {"data": real.source, "model_shape": list(info["shape"]), "notes": []}
+    report: dict[str, Any] = {"data": real.source, "model_shape": list(info["shape"]), "notes": latent_notes}
     settings_out = asdict(settings) | {"n": n, "metrics": list(metrics), "reference_items": len(ref),
                                        "floor_items": min(n, len(floor_x))}
     timings: dict[str, float] = {}
@@ -232,9 +252,10 @@ def evaluate(
         timings["reference_features_s"] = round(time.perf_counter() - t0, 2)
         report["reference_cached"] = cached
 
-        fake, seconds = generate_samples(denoiser, process, info["shape"], n, sampler=settings.sampler,
-                                         steps=settings.steps, grid=settings.grid, seed=settings.seed,
-                                         batch=settings.batch, device=device, progress=progress)
+        fake, seconds = generate_samples(denoiser, process, sample_shape or info["shape"], n,
+                                         sampler=settings.sampler, steps=settings.steps, grid=settings.grid,
+                                         seed=settings.seed, batch=settings.batch, device=device, progress=progress,
+                                         decode=decode)
         timings["sampling_s"] = round(seconds, 2)
         fake_f, fake_p = ext(fake, batch=settings.batch)
         report.update(compare(fake_f, ref_f, sample_metrics, settings, fake_probs=fake_p))
@@ -376,8 +397,11 @@ def sweep(
     settings: EvalSettings,
     device: torch.device,
     progress: Progress = _no_progress,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    sample_shape: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """FID (and KID, precision, recall) against NFE and wall time for each sampler and step count."""
+    """FID (and KID, precision, recall) against NFE and wall time for each sampler and step count
+    (``decode`` and ``sample_shape``: a latent run's, as in ``evaluate``)."""
     from ..sampling import get_sampler, nfe
 
     for s in samplers:
@@ -398,9 +422,9 @@ def sweep(
     rows = []
     for s in samplers:
         for k in steps:
-            x, seconds = generate_samples(denoiser, process, info["shape"], n, sampler=s, steps=k,
+            x, seconds = generate_samples(denoiser, process, sample_shape or info["shape"], n, sampler=s, steps=k,
                                           grid=settings.grid, seed=settings.seed, batch=settings.batch,
-                                          device=device, progress=progress)
+                                          device=device, progress=progress, decode=decode)
             f, _ = ext(x, batch=settings.batch)
             m = compare(f, ref_f, metrics, settings)
             rows.append({"sampler": s, "steps": k, "nfe": nfe(s, k), "seconds": round(seconds, 2),

@@ -162,3 +162,47 @@ def embed(ae: LoadedAutoencoder, run_dir: Path) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     return dst
+
+
+def latent_training_data(data, source: str, *, device: str | torch.device = "cpu", fingerprint: str | None,
+                         recorded: dict[str, Any] | None = None, say: Callable[[str], None] = print):
+    """(LatentSpace, the training data as latents) for a latent run on images ``data``
+    (``unblur.data.Data``) with the autoencoder at ``source``.
+
+    A new run measures shift and scale on the latents; a resumed one (``recorded``: its
+    ``DataInfo.latent``) keeps its own and checks that the autoencoder is the one it trained with.
+    """
+    import time
+
+    from ..data import Data
+
+    if data.kind != "image":
+        raise ValueError(f"a latent run diffuses in an autoencoder's latent space: it needs images, but "
+                         f"{data.source!r} holds vectors")
+    ae = load_autoencoder(source, device=device)
+    C, H, W = data.x.shape[1:]
+    f = ae.downsampling
+    if ae.in_channels != C:
+        raise ValueError(f"the autoencoder {ae.path!r} encodes {ae.in_channels}-channel images but the data has {C} "
+                         f"channels: set data.channels={ae.in_channels}")
+    if H % f or W % f:
+        raise ValueError(f"the autoencoder {ae.path!r} downsamples by {f}, so the images' sides must be multiples of "
+                         f"{f}; they are {H}x{W}: set data.size (e.g. data.size={max(f, H - H % f)})")
+    if recorded and recorded.get("sha256") and recorded["sha256"] != ae.sha256:
+        raise ValueError(f"the autoencoder {ae.path!r} has changed since this run was trained: its weights have sha256 "
+                         f"{ae.sha256[:16]}..., the run expects {str(recorded['sha256'])[:16]}...")
+    t0 = time.perf_counter()
+    z, path, hit = encode_data(ae, data.x, fingerprint=fingerprint)
+    where = f" ({'read from' if hit else 'cached in'} {path})" if path is not None else ""
+    say(f"latents: {len(z)} images {W}x{H} -> {'x'.join(map(str, z.shape[1:]))} with the autoencoder {ae.path} "
+        f"({ae.kind}, sha256 {ae.sha256[:12]}), {time.perf_counter() - t0:.1f} s{where}")
+    if recorded:
+        shift, scale = float(recorded["shift"]), float(recorded["scale"])
+    else:
+        shift, scale = measure(z)
+        say(f"latent scale measured on the data: shift {shift:+.4f}, scale {scale:.4f} (unit variance)")
+    space = LatentSpace(ae, shift, scale, (C, H, W))
+    latents = Data(x=((z - shift) * scale).float(), kind="image", source=data.source, labels=data.labels,
+                   class_names=data.class_names, captions=data.captions, paths=data.paths,
+                   notes=[*data.notes, f"encoded by {ae.path}"])
+    return space, latents

@@ -71,13 +71,17 @@ class Editing:
                              f"its restorer only undoes {kind}")
 
     def _check_images(self, images: Tensor) -> Tensor:
-        shape = tuple(self.data.shape)
+        shape = tuple(self.image_shape)
         if images.ndim != len(shape) + 1 or images.shape[1] != shape[0]:
             raise ValueError(f"{self.name} edits data of shape {shape}; got a batch of shape {tuple(images.shape)}")
         if not self.is_image and tuple(images.shape[1:]) != shape:
             raise ValueError(f"{self.name} edits vectors of shape {shape}; got {tuple(images.shape[1:])}")
         if not bool(torch.isfinite(images).all()):
             raise ValueError("the images to edit hold NaN or infinite values")
+        if self.latent is not None and (images.shape[-2] % self.latent.factor or images.shape[-1] % self.latent.factor):
+            f = self.latent.factor
+            raise ValueError(f"{self.name} works in latents of an autoencoder that downsamples by {f}: the image's "
+                             f"sides must be multiples of {f}, got {images.shape[-1]}x{images.shape[-2]}")
         return images.to(self.device, torch.float32)
 
     def _canvas(self, den: Denoiser, size: tuple[int, ...]) -> Denoiser:
@@ -124,6 +128,10 @@ class Editing:
                                  "give one mask per image, or one for all, of the images' size")
         elif method == "repaint":
             raise ValueError("repaint resamples the region a mask regenerates: give a mask, or use img2img")
+        pixels, pixel_mask = images, mask  # a latent run edits latents; the kept pixels are re-imposed at the end
+        if self.latent is not None:
+            images = self.encode(images)
+            mask = None if mask is None else self.latent.mask_to_latent(mask)
         if method == "repaint" and sampler is not None and self.plan(sampler, steps, grid).sampler != "ddpm":
             raise ValueError(f"repaint walks ancestral (ddpm) steps with its own jumps, so it takes no other "
                              f"sampler (asked for {sampler!r}): drop the sampler, or use method 'replace'")
@@ -156,6 +164,10 @@ class Editing:
                     out = edit(den, x, process=self.process, sampler=None if method == "repaint" else plan.sampler,
                                steps=plan.steps, grid=plan.grid, strength=strength, mask=m, method=method,
                                jump_length=jump_length, jump_n=jump_n, cond=cond, generator=gens, callback=callback)
+            out = self.decode(out)
+            if pixel_mask is not None:
+                pm = pixel_mask[idx] if pixel_mask.shape[0] > 1 else pixel_mask
+                out = torch.where(pm, out, pixels[idx])
             outs.append(out.float().cpu())
             records += [{"input": i, "output": j, "seed": seed + j, "method": label, "strength": strength,
                          "sampler": "ddpm" if label == "repaint" else plan.sampler, "steps": plan.steps,
@@ -181,7 +193,7 @@ class Editing:
         self.check_edit("outpaint")
         if not self.is_image:
             raise ValueError(f"outpainting extends images; {self.name} makes vectors")
-        canvas, mask = extend_canvas(self._check_images(images), extend, model_size=tuple(self.data.shape[-2:]))
+        canvas, mask = extend_canvas(self._check_images(images), extend, model_size=tuple(self.image_shape[-2:]))
         result = self.edit(canvas, mask, what="outpaint", **kwargs)
         for r in result.records:
             r["extend"] = list(extend)
@@ -214,11 +226,11 @@ class Editing:
         """Invert ``images`` to the state at the top of the grid (``strength`` 1: the prior level)
         by the probability-flow ODE (``editing.invert``), and reconstruct them from it."""
         self.check_edit("invert")
-        images = self._check_images(images)
+        images = self.encode(self._check_images(images))  # latents, on a latent run
         tail, plan = self._inversion_grid(steps, grid, check_strength(strength))
         den, ctx, req = self._plain_denoiser(classes, prompts, tuple(images.shape[2:]))
         noise = invert(den, images, tail, iterations=iterations, callback=callback)
-        recon = reconstruct(den, noise, tail)
+        recon = self.decode(reconstruct(den, noise, tail))
         records = [{"input": i, "method": "invert", "strength": strength, "sampler": "euler", "steps": len(tail) - 1,
                     "grid": plan.grid, "iterations": int(iterations), "level": float(tail[0]),
                     **{k: v for k, v in ctx.record(req).items() if k != "guidance"}} for i in range(len(images))]
@@ -232,7 +244,7 @@ class Editing:
         self.check_edit("interpolate")
         if isinstance(frames, bool) or int(frames) != frames or frames < 2:
             raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
-        a, b = self._check_images(a), self._check_images(b)
+        a, b = self.encode(self._check_images(a)), self.encode(self._check_images(b))
         if a.shape != b.shape:
             raise ValueError(f"the two images differ in shape: {tuple(a.shape[1:])} and {tuple(b.shape[1:])}")
         tail, _ = self._inversion_grid(steps, grid, check_strength(strength))
@@ -241,8 +253,9 @@ class Editing:
         ts = torch.linspace(0, 1, int(frames)).tolist()
         states = interpolate_states(a, za, b, zb, float(tail[0]), ts)  # (frames, B, ...)
         flat = states.reshape(-1, *a.shape[1:])
-        out = reconstruct(den, flat, tail, callback=callback)
-        return out.reshape(states.shape).transpose(0, 1).reshape(-1, *a.shape[1:]).float().cpu()
+        out = self.decode(reconstruct(den, flat, tail, callback=callback))
+        out = out.reshape(len(ts), a.shape[0], *out.shape[1:]).transpose(0, 1)  # (B, frames, ...)
+        return out.reshape(-1, *out.shape[2:]).float().cpu()
 
     def interpolate_contexts(self, frames: int = 8, *, classes: Sequence[str | int] = (), prompts: Sequence[str] = (),
                              n: int = 1, guidance: float | None = None, sampler: str | None = None,
@@ -268,7 +281,8 @@ class Editing:
         for t in torch.linspace(0, 1, int(frames)).tolist():
             gens = seeded_generators(range(seed, seed + n), device=self.device)
             with torch.no_grad():
-                out.append(generate(blend_denoisers(dens[0], dens[1], t), (n, *self.data.shape),
-                                    process=self.process, sampler=plan.sampler, steps=plan.steps, grid=plan.grid,
-                                    generator=gens, device=self.device, callback=callback).float().cpu())
-        return torch.stack(out, 1).reshape(-1, *self.data.shape)
+                z = generate(blend_denoisers(dens[0], dens[1], t), (n, *self.data.shape), process=self.process,
+                             sampler=plan.sampler, steps=plan.steps, grid=plan.grid, generator=gens,
+                             device=self.device, callback=callback)
+                out.append(self.decode(z).float().cpu())
+        return torch.stack(out, 1).reshape(-1, *self.image_shape)

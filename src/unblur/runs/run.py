@@ -84,11 +84,12 @@ class Run(Editing):
     """
 
     def __init__(self, config: Config, data: DataInfo, net: nn.Module, process: Process, *,
-                 device: torch.device | str = "cpu", path: str | Path | None = None):
+                 device: torch.device | str = "cpu", path: str | Path | None = None, latent=None):
         self.config, self.data, self.net, self.process = config, data, net, process
         self.device = torch.device(device)
         self.path = Path(path) if path is not None else None
         self.denoiser: Denoiser = build_denoiser(config, net, process)
+        self.latent = latent  # a latent run's ``pipelines.latent.LatentSpace``; None in pixel space
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> Run:
@@ -103,7 +104,13 @@ class Run(Editing):
         net = build_net(cfg, info)
         net.load_state_dict(state)
         net = net.to(dev).eval().requires_grad_(False)
-        return cls(cfg, info, net, build_process(cfg, info), device=dev, path=path if path.is_dir() else path.parent)
+        folder = path if path.is_dir() else path.parent
+        latent = None
+        if info.latent:  # the autoencoder is checked against the hash the run recorded
+            from ..pipelines.latent import open_latent_space
+
+            latent = open_latent_space(info.latent, folder, device=dev)
+        return cls(cfg, info, net, build_process(cfg, info), device=dev, path=folder, latent=latent)
 
     @property
     def name(self) -> str:
@@ -112,6 +119,19 @@ class Run(Editing):
     @property
     def is_image(self) -> bool:
         return self.data.kind == "image"
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of what the run draws: the decoded images of a latent run, else ``data.shape``."""
+        return self.data.image_shape
+
+    def decode(self, x: Tensor) -> Tensor:
+        """What the network made (latents of a latent run) as the data a user sees (images)."""
+        return x if self.latent is None else self.latent.decode(x.to(self.device))
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images as the network sees them (a latent run's latents; the images themselves otherwise)."""
+        return images if self.latent is None else self.latent.encode(images.to(self.device))
 
     # -- sampling ---------------------------------------------------------------------------
     def plan(self, sampler: str | None = None, steps: int | None = None, grid: str | None = None) -> SamplingPlan:
@@ -144,7 +164,7 @@ class Run(Editing):
         den = self.denoiser
         if uncond is not None and guidance != 1.0:
             den = guide(den, guidance, uncond)
-        if self.is_image and self.config.sample.clip:
+        if self.is_image and self.config.sample.clip and self.latent is None:  # latents are not in [-1, 1]
             den = clip_x0(den)
         return den
 
@@ -199,6 +219,7 @@ class Run(Editing):
             cond, uncond = ctx.cond(chunk)
             x = self.generate(len(chunk), plan=plan, cond=cond, uncond=uncond, guidance=ctx.guidance,
                               generator=gens, callback=stream.callback)
+            x = self.decode(x)
             bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
             if bad:
                 raise ValueError(f"{bad} of {len(x)} samples ({first}..{first + len(x) - 1}) hold NaN or infinite "
@@ -213,7 +234,7 @@ class Run(Editing):
         if not getattr(self.process, "restores", False):
             raise ValueError(f"{self.name} was trained with the Gaussian process {self.process.kind!r}; restoring "
                              "needs a cold-diffusion run (unblur train --process blur, ...)")
-        C, c = self.data.shape[0], int(shape[0])
+        C, c = self.image_shape[0], int(shape[0])
         if c != C:
             (want, count), (got, _) = _channels(C), _channels(c)
             raise ValueError(f"run {self.name} restores {want} images ({count}) but {what} is {got}: train a "
@@ -239,8 +260,8 @@ class Run(Editing):
         if steps is not None and (int(steps) != steps or steps < 1):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         sampler = sampler or self.process.restore_sampler
+        x_t = self.encode(x_t.to(self.device))  # a latent run restores in its latent space
         den = self._restorer(tuple(x_t.shape[-2:]), tile)
-        x_t = x_t.to(self.device)
         with torch.no_grad():
             if level is None:
                 level = estimate_level(den, x_t, process=self.process)
@@ -249,7 +270,7 @@ class Run(Editing):
             x = restore(den, x_t, level, process=self.process, sampler=sampler,
                         steps=steps if steps is not None else self.config.sample.steps,
                         generator=torch.Generator(self.device).manual_seed(seed), callback=callback)
-        return x, level
+        return self.decode(x), level
 
     def _restorer(self, size: tuple[int, int], tile: tuple[int, int] | None) -> Denoiser:
         """The sampling denoiser for images of ``size`` (H, W): padded to the network's multiple,

@@ -439,6 +439,8 @@ class Trainer:
                 self.say(note)
         else:
             cfg = replace(cfg, data=replace(cfg.data, source=absolute_source(cfg.data.source)))
+            if cfg.data.latent:  # recorded absolute, so the run finds its autoencoder from anywhere
+                cfg = replace(cfg, data=replace(cfg.data, latent=str(Path(cfg.data.latent).expanduser().resolve())))
         self.cfg = cfg
         t = cfg.train
         if t.threads:
@@ -451,6 +453,16 @@ class Trainer:
         self.data = data if data is not None else load_training_data(cfg)
         for line in data_block(self.data):
             self.say(line)
+        self.latent = None  # a latent run's LatentSpace: the data becomes the autoencoder's latents
+        if cfg.data.latent:
+            from ..pipelines.latent import embed, latent_training_data
+
+            recorded = (state.get("data_info") or {}).get("latent") if state is not None else None
+            self.latent, self.data = latent_training_data(
+                self.data, cfg.data.latent, device=self.device, fingerprint=data_info_of(self.data).fingerprint,
+                recorded=recorded, say=self.say)
+            if cfg.data.embed_ae and self.dist.main:
+                self.say(f"embedded a copy of the autoencoder in {embed(self.latent.ae, self.out)}")
         if state is None:  # a resumed run keeps its own contexts and network
             cfg = default_conditioning(cfg, self.data, explicit)
             self.cfg = cfg
@@ -469,7 +481,8 @@ class Trainer:
             cfg = replace(cfg, process=replace(cfg.process, sigma_data=round(sd, 4)))
             self.cfg = cfg
         self.conditioner = Conditioner(cfg, self.data, self.out, self.device, progress=progress and self.dist.main)
-        self.data_info = replace(data_info_of(self.data), **self.conditioner.info)
+        self.data_info = replace(data_info_of(self.data), **self.conditioner.info,
+                                 latent=self.latent.record(embedded=cfg.data.embed_ae) if self.latent else None)
         if state is not None and data is None:  # data loaded from the run's config: it must be the run's
             check_same_data(state.get("data_info") or {}, self.data_info, cfg.data.source)
         self.process = build_process(cfg, self.data_info)
@@ -584,7 +597,8 @@ class Trainer:
 
     def ema_run(self) -> Run:
         """The run as sampled now: the EMA network behind the run's process, on the trainer's device."""
-        return Run(self.cfg, self.data_info, self.ema, self.process, device=self.device, path=self.out)
+        return Run(self.cfg, self.data_info, self.ema, self.process, device=self.device, path=self.out,
+                   latent=self.latent)
 
     def ema_denoiser(self):
         """The EMA network's sampling denoiser (unguided, clipped for images)."""
@@ -695,6 +709,7 @@ class Trainer:
                                               steps=plan.steps, sampler=self.process.restore_sampler)
                 if metrics:
                     self._log({"step": self.step, **metrics})
+            x = run.decode(x)  # a latent run's grid shows the decoded images
         if bar is not None:
             bar.close()
         path = self.out / "samples" / f"step-{self.step:08d}.png"
