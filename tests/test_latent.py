@@ -127,3 +127,22 @@ def test_a_moved_or_changed_autoencoder_is_named_and_an_embedded_copy_stands_alo
     assert len(list((root / "cache" / "latents").glob("*.npy"))) == 2
     r = cli("train", *AE_ARGS[:2], "--data", "builtin:digits", "--latent", ae2, "--steps", "2", "--out", tmp_path / "b")
     assert r.returncode == 2 and "autoencoder" in r.stderr
+
+
+def test_a_latent_super_resolution_run_concatenates_the_low_resolution_image_on_the_latent_grid(runs, tmp_path):
+    root, cli, _ = runs
+    r = cli("train", *LDM_ARGS[:2], "--set", "data.size=16", "--latent", root / "ae", "--set", "cond.image=superres",
+            "--set", "model.base_channels=16", "--set", "model.channel_mult=1,2", "--set", "model.attn_resolutions=",
+            "--set", "train.batch_size=16", "--set", "train.sample_every=0", "--steps", "3", "--out", tmp_path / "sr")
+    assert r.returncode == 0, r.stderr
+    from unblur.runs import Run
+
+    run = Run.load(tmp_path / "sr", device="cpu")
+    unet = run.net
+    first = next(m for m in unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 4 + 1  # 4 latent channels beside the grey image's 1
+    Image.fromarray(np.full((4, 4), 200, np.uint8)).save(tmp_path / "low.png")
+    r = cli("sample", tmp_path / "sr", "--image", tmp_path / "low.png", "--n", "2", "--steps", "3", "--out",
+            tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(sorted((tmp_path / "s").glob("[0-9]*.png"))[0]).size == (16, 16)

@@ -512,8 +512,6 @@ def _check_latent(cfg: Config) -> None:
         return
     if cfg.model.kind == "autoencoder":
         raise ValueError("an autoencoder is trained on pixels: drop --latent (data.latent) from --model autoencoder")
-    if cfg.cond.image != "none":
-        raise ValueError(f"cond.image={cfg.cond.image} is not supported on a latent run yet: train it on pixels")
     if cfg.data.shift:
         raise ValueError("data.shift translates pixels, which a latent run never sees: drop it with --latent")
 

@@ -1,6 +1,7 @@
 """The image kind: ``"image"`` (B, C, H, W), a low-resolution copy resized to the model's size
 and concatenated to its input channels (super-resolution); zeros are the null. Turned on by
-``cond.image``."""
+``cond.image``. On a latent run the copy is made from the images and resized to the latent grid
+(C image channels beside the latent channels), and ``--image`` is read at that size."""
 
 from __future__ import annotations
 
@@ -62,12 +63,19 @@ class ImageKind(Kind):
         return cfg.cond.image == "superres"
 
     def unet_changes(self, cfg: Config, data_info, ucfg) -> dict[str, Any]:
-        return {"image_cond_channels": ucfg.in_channels}
+        latent = data_info.get("latent")  # a latent run: the image's own channels beside the latents
+        return {"image_cond_channels": int(latent["image_shape"][0]) if latent else ucfg.in_channels}
 
     def items(self, cfg: Config, data, out: str | Path, device: torch.device, *, progress: bool) -> LowresItems:
         if data.kind != "image":
             raise ValueError(f"cond.image=superres needs image data, but {data.source!r} is {data.kind} data: "
                              "use an image folder or a built-in image set, or set cond.image=none")
+        if data.pixels is not None:  # a latent run: the low-resolution image, on the latent grid
+            import torch.nn.functional as F
+
+            low = make_lowres(data.pixels, cfg.cond.superres_factor)
+            low = F.interpolate(low, size=tuple(data.x.shape[-2:]), mode="area")
+            return LowresItems(low.to(device))
         return LowresItems(make_lowres(data.x, cfg.cond.superres_factor).to(device))
 
     def requests(self, cfg: Config, info, device: torch.device, asked: dict[str, Any], *,
@@ -78,5 +86,8 @@ class ImageKind(Kind):
         from ..images import read_image
 
         C, H, W = info["shape"]
+        latent = info.get("latent")
+        if latent:  # the image's channels, at the latent grid's size
+            C = int(latent["image_shape"][0])
         image = read_image(path, channels=C, size=(H, W), option="--image")  # (C, H, W) in [-1, 1]
         return ImageRequests(path, image[None].to(device))

@@ -41,6 +41,7 @@ class Data(torch.utils.data.Dataset):
     class_names: list[str] | None = None
     captions: list[str | None] | None = None  # one per item, None where an item has none
     paths: list[str] | None = None  # one per item, for folders
+    pixels: Tensor | None = None  # a latent set's images (x holds their latents): conditions made in pixels
     distribution: Any = None  # the known density (a Toy2D) for builtin:toy2d sets
     notes: list[str] = field(default_factory=list)  # what was assumed or skipped, for summary()
 

@@ -203,6 +203,6 @@ def latent_training_data(data, source: str, *, device: str | torch.device = "cpu
         say(f"latent scale measured on the data: shift {shift:+.4f}, scale {scale:.4f} (unit variance)")
     space = LatentSpace(ae, shift, scale, (C, H, W))
     latents = Data(x=((z - shift) * scale).float(), kind="image", source=data.source, labels=data.labels,
-                   class_names=data.class_names, captions=data.captions, paths=data.paths,
+                   class_names=data.class_names, captions=data.captions, paths=data.paths, pixels=data.x,
                    notes=[*data.notes, f"encoded by {ae.path}"])
     return space, latents
