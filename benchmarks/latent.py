@@ -174,10 +174,19 @@ def score(run, items, guidance: float, steps: int = 20) -> tuple[float, float, t
     return float(np.mean([r["colour"] for r in res])), float(np.mean([r["shape"] for r in res])), x
 
 
-def cmd_text(args) -> None:
-    from unblur.data.shapes import load_shapes, make_items
+def latent_picture(run, items, path: Path, prompts: int = 6, per: int = 6) -> None:
+    """Six held-out prompts (one per row, labelled) with six samples each, at guidance 3."""
     from unblur.images import save_png
     from unblur.show import labelled_grid
+
+    chosen = [items[i] for i in range(0, len(items), max(1, len(items) // prompts))][:prompts]
+    rows = [next(iter(run.sample(per, prompts=[it.caption], guidance=3.0, sampler="dpmpp-2m", steps=20, seed=7,
+                                 batch=per))).x for it in chosen]
+    save_png(labelled_grid(torch.cat(rows), per, [it.caption for it in chosen], scale=2), path)
+
+
+def cmd_text(args) -> None:
+    from unblur.data.shapes import load_shapes, make_items
 
     ae, ae_minutes = get_ae(args)
     data = load_shapes(n=10000, seed=0, size=SIZE, exclude=HELD_OUT)
@@ -197,8 +206,7 @@ def cmd_text(args) -> None:
         steps = max(r.get("step", 0) for r in read_jsonl(out / "metrics.jsonl"))
         results[route] = (minutes, steps, c, s)
         if route == "latent" and args.pictures:
-            labels = [it.caption[:28] for it in items[:6]]
-            save_png(labelled_grid(x[:36], 6, labels, scale=2), Path(args.pictures) / "latent_shapes_64.png")
+            latent_picture(run, items, Path(args.pictures) / "latent_shapes_64.png")
     print(f"text-to-image at 64x64, {args.minutes:g} min CPU per route (latent: autoencoder {ae_minutes:.1f} min "
           f"included); {args.prompts} held-out prompts {HELD_OUT}, guidance 3, dpmpp-2m 20 steps")
     print("| route | diffusion minutes | steps | colour accuracy | shape accuracy |")
