@@ -83,11 +83,9 @@ def text_config(minutes: float, **over) -> Config:
 
 def nets(args):
     """(pixel U-Net, latent U-Net) of the same width and depth, text-conditioned, on the CPU."""
-    from unblur.data.shapes import load_shapes
     from unblur.runs import build_net
     from unblur.types import DataInfo
 
-    load_shapes(n=2, size=SIZE)
     cfg = text_config(1)
     pix = build_net(cfg, DataInfo(kind="image", shape=(3, SIZE, SIZE), text_dim=384))
     lat = build_net(cfg, DataInfo(kind="image", shape=(4, SIZE // 4, SIZE // 4), text_dim=384))

@@ -165,7 +165,7 @@ class Editing:
                                steps=plan.steps, grid=plan.grid, strength=strength, mask=m, method=method,
                                jump_length=jump_length, jump_n=jump_n, cond=cond, generator=gens, callback=callback)
             out = self.decode(out)
-            if pixel_mask is not None:
+            if self.latent is not None and pixel_mask is not None:  # pixel runs keep them in ``edit`` already
                 pm = pixel_mask[idx] if pixel_mask.shape[0] > 1 else pixel_mask
                 out = torch.where(pm, out, pixels[idx])
             outs.append(out.float().cpu())
