@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 
 test: $(STAMP) lint
+	bash scripts/need_chromium.sh
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

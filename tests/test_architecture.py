@@ -21,6 +21,7 @@ LAYERS = [
     ("pipelines",),
     ("runs",),
     ("training", "eval", "show"),
+    ("serve",),
     ("cli", "__main__"),
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}

@@ -153,6 +153,7 @@ class AutoencoderConfig:
     norm_groups: int = 8  # GroupNorm groups; must divide every width
     mid_attention: bool = True  # self-attention in the encoder's and decoder's middle blocks
     kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) summed over a latent, per image (SD: 1e-6)
+    logvar_init: float = 0.0  # initial bias of the posterior's log-variance (below 0: less noise on z at first)
     perceptual: str = "ssim"  # structure term, no download: none | ssim (1 - SSIM) | gradient (L1 of image
     #   gradients at 3 scales) | ssim+gradient
     perceptual_weight: float = 0.2  # its weight beside the per-pixel L1 (data in [-1, 1])
@@ -436,6 +437,7 @@ RULES: dict[str, Rule] = {
     "autoencoder.disc_width": _at_least(1),
     "autoencoder.disc_layers": _within(1, 5),
     "autoencoder.holdout": Rule(lambda v: 0 < v <= 0.5, "in (0, 0.5]"),
+    "autoencoder.logvar_init": Rule(lambda v: -30 <= v <= 20, "in [-30, 20] (the log-variance is clamped there)"),
 }
 
 # Rules between fields of one section: (key reported, ok(section), what it must be).

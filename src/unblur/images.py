@@ -275,13 +275,24 @@ def open_image(path: str | Path, *, option: str = "image", max_pixels: int | Non
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"{option} {str(path)!r} does not exist: give an image file (PNG, JPEG, ...)")
+    return _decode(path, f"{option} {str(path)!r}", max_pixels)
+
+
+def decode_image(data: bytes, *, name: str = "the image", max_pixels: int | None = None) -> Image.Image:
+    """An image file's bytes (e.g. an upload) as a Pillow image in mode L or RGB, fully loaded,
+    with the checks of ``open_image``: the pixel count is read from the header and refused before
+    anything is decoded, so a decompression bomb costs nothing."""
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, label: str, max_pixels: int | None) -> Image.Image:
     try:
-        with pillow_bomb_check(max_pixels), Image.open(path) as im:
+        with pillow_bomb_check(max_pixels), Image.open(source) as im:
             check_pixels(im.size, max_pixels)  # the header's size, before anything is decoded
             im.load()  # raises on truncated data
             return normalize_mode(ImageOps.exif_transpose(im))
     except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a bad file
-        raise ValueError(f"{option} {str(path)!r} {why_unreadable(e)}") from None
+        raise ValueError(f"{label} {why_unreadable(e)}") from None
 
 
 def read_image(path: str | Path, *, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -303,15 +314,33 @@ def read_image(path: str | Path, *, channels: int | None = None, size: tuple[int
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def write_image(x: Tensor, path: str | Path) -> None:
+def write_image(x: Tensor, path: str | Path, text: dict[str, str] | None = None) -> None:
     """One image (C, H, W) in [-1, 1] as a PNG (or the format of the suffix), written atomically
     (a kill never leaves a partial file; not synced to the disk one by one: outputs come by the
-    thousand, and the records that list them are synced after them)."""
+    thousand, and the records that list them are synced after them). ``text``: PNG text chunks
+    (keyword -> text), e.g. the settings that made the image."""
     path = Path(path)
-    buf = io.BytesIO()
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    to_pil(x).save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue(), sync=False)
+    atomic_write_bytes(path, image_bytes(x, fmt, text), sync=False)
+
+
+def image_bytes(x: Tensor, fmt: str = "PNG", text: dict[str, str] | None = None) -> bytes:
+    """One image (C, H, W) in [-1, 1] encoded as ``fmt``; a PNG carries ``text`` as text chunks
+    (iTXt where a value is not Latin-1)."""
+    buf = io.BytesIO()
+    info = None
+    if text and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for k, v in text.items():
+            try:
+                v.encode("latin-1")
+                info.add_text(k, v)
+            except UnicodeEncodeError:
+                info.add_itxt(k, v)
+    to_pil(x).save(buf, format=fmt, pnginfo=info)
+    return buf.getvalue()
 
 
 # -- pictures ---------------------------------------------------------------------------------

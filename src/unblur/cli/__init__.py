@@ -15,10 +15,11 @@ import sys
 import traceback
 
 from .. import __version__
-from . import data, edit, evaluate, info, restore, sample, show, train
+from . import data, edit, evaluate, info, restore, sample, serve, show, train
 from .common import DefaultsHelpFormatter
 
-COMMANDS = (train, data, sample, edit, info, evaluate, show, restore)  # each adds its sub-commands, in this order
+# each adds its sub-commands, in this order
+COMMANDS = (train, data, sample, edit, info, evaluate, show, restore, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

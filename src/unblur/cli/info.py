@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..utils import read_jsonl
@@ -19,17 +20,18 @@ def run_info(args) -> int:
     from ..nets import count_parameters, forward_flops
     from ..runs import MODEL_FILE, STATE_FILE, Run
     from ..runs.checkpoint import model_kind, model_step
+    from ..runs.pretrained import builtin_path, is_builtin
 
-    path = Path(args.run)
+    path = builtin_path(args.run) if is_builtin(args.run) else Path(args.run)
     if model_kind(path / MODEL_FILE if path.is_dir() else path) == "autoencoder":
         return _autoencoder_info(path)
     run = Run.load(args.run, device="cpu")
     info, net = run.data, run.net
     params = count_parameters(net, trainable_only=False)  # a loaded run has gradients off
     flops = forward_flops(net, torch.zeros(1, *info.shape), torch.zeros(1), None)
-    steps = model_step(Path(args.run) / MODEL_FILE)
+    steps = model_step(path / MODEL_FILE)
     if steps is None:  # an export written before the step was recorded: the last whole metrics line
-        steps = _last_logged_step(Path(args.run) / "metrics.jsonl")
+        steps = _last_logged_step(path / "metrics.jsonl")
     print(f"run:        {args.run}")
     print(f"data:       {info.source} ({info.kind}, shape {tuple(info.shape)}, {info.num_items} items"
           + (f", {len(info.class_names)} classes" if info.class_names else "") + ")")
@@ -41,10 +43,26 @@ def run_info(args) -> int:
               f"scale {lat['scale']:.4f}")
     print(f"network:    {type(net).__name__}, {params:,} parameters, {flops / 1e6:.2f} MFLOP per sample forward")
     print(f"process:    {run.process!r}")
-    print(f"trained:    {steps} steps" + ("" if (Path(args.run) / STATE_FILE).exists() else " (no resume state)"))
+    print(f"trained:    {steps} steps" + ("" if (path / STATE_FILE).exists() else " (no resume state)"))
+    made = _builtin_meta(path / MODEL_FILE)
+    if made:
+        print(f"built-in:   {made.get('description', '')}; made by `{made['command']}` (seed {made['seed']}, "
+              f"{made['steps']} steps, {made.get('train_seconds', 0) / 60:.1f} min), {made.get('weights', '')}")
+        print(f"measured:   {json.dumps(made.get('figures', {}))}")
     print("config:")
     print(run.config.to_json())
     return 0
+
+
+def _builtin_meta(path: Path) -> dict | None:
+    """The provenance ``scripts/train_builtin.py`` stores in a shipped run's metadata."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n)).get("__metadata__", {})
+        return json.loads(meta["builtin"]) if "builtin" in meta else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _autoencoder_info(path: Path) -> int:

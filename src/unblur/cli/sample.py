@@ -19,7 +19,10 @@ from .common import (
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sample", help="draw samples from a trained run")
-    s.add_argument("run", help="run folder (or its model.safetensors)")
+    s.add_argument("run", nargs="?", help="run folder (or its model.safetensors), or builtin:NAME; with --from-png, "
+                   "by default the run the PNG names")
+    s.add_argument("--from-png", metavar="FILE", help="make the image in a PNG written by unblur sample or unblur "
+                   "serve again, from the settings it carries (bit for bit on the same machine); writes --out FILE.png")
     s.add_argument("--n", type=positive_int, default=16, help="number of samples")
     s.add_argument("--sampler", help=SAMPLER_HELP)
     s.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's)")
@@ -61,19 +64,26 @@ def request_of(args, plan) -> dict:
     if args.image:
         p = Path(args.image)
         image = {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else None}
-    return {"run": str(Path(args.run).resolve()), "n": args.n, "classes": args.class_ or [],
+    from ..runs.pretrained import is_builtin
+
+    run = args.run if is_builtin(args.run) else str(Path(args.run).resolve())
+    return {"run": run, "n": args.n, "classes": args.class_ or [],
             "prompts": read_prompts(args), "negative_prompt": args.negative_prompt, "image": image,
             "guidance": args.guidance, "sampler": plan.sampler, "steps": plan.steps, "grid": plan.grid,
             "seed": args.seed}
 
 
 def default_out(args, plan, request: dict) -> Path:
-    """RUN/samples/SAMPLER-STEPS-seedSEED-HASH: a short hash of everything that changes the samples,
-    so two different calls never share a folder."""
+    """RUN/samples/SAMPLER-STEPS-seedSEED-HASH (./samples/NAME/... for builtin:NAME, which lives in
+    the package): a short hash of everything that changes the samples, so two different calls
+    never share a folder."""
     import hashlib
 
+    from ..runs.pretrained import is_builtin
+
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(args.run) / "samples" / f"{plan.sampler}-{plan.steps}-seed{args.seed}-{key}"
+    base = Path("samples") / args.run.split(":", 1)[1] if is_builtin(args.run) else Path(args.run) / "samples"
+    return base / f"{plan.sampler}-{plan.steps}-seed{args.seed}-{key}"
 
 
 def run_sample(args) -> int:
@@ -81,8 +91,13 @@ def run_sample(args) -> int:
 
     from ..runs import Run
     from ..runs.outputs import SampleFolder
+    from ..runs.pnginfo import settings_of, text_chunks
     from ..sampling import nfe
 
+    if getattr(args, "from_png", None):
+        return from_png(args)
+    if not args.run:
+        raise ValueError("give a run folder (or builtin:NAME) to sample from, or --from-png FILE")
     run = Run.load(args.run, device=args.device)
     plan = run.plan(args.sampler, args.steps, args.grid)
     request = request_of(args, plan)
@@ -100,7 +115,8 @@ def run_sample(args) -> int:
         t0, made = time.time(), 0
         try:
             for b in batches:
-                folder.write(b)
+                folder.write(b, [text_chunks(settings_of(run, r, request_seed=args.seed, n=args.n, batch=args.batch,
+                                                         contexts=stream.total // args.n)) for r in b.records])
                 made += len(b.x)
         except KeyboardInterrupt:
             bar.close()
@@ -113,4 +129,50 @@ def run_sample(args) -> int:
     kept = f"; continued after {folder.done} kept samples" if folder.done else ""
     print(f"wrote {made} samples to {out}/ ({plan.sampler}, {plan.steps} steps, {nfe(plan.sampler, plan.steps)} "
           f"NFE, {time.time() - t0:.1f} s{kept}); {picture.name} shows {folder.shown}")
+    return 0
+
+
+def from_png(args) -> int:
+    """``unblur sample --from-png FILE``: the same request's batch made again, and the image taken."""
+    import numpy as np
+    from PIL import Image
+
+    from ..images import write_image
+    from ..runs import Run
+    from ..runs.pnginfo import read_settings, settings_of, text_chunks
+
+    src = Path(args.from_png)
+    s = read_settings(src, name=f"--from-png {str(src)}")
+    if s.get("kind", "generate") != "generate":
+        raise ValueError(f"--from-png {str(src)!r} was made by {s['kind']} of an uploaded image, which the PNG does "
+                         "not hold: use unblur edit / unblur restore with its settings")
+    ref = args.run or s["run"]
+    run = Run.load(ref, device=args.device)
+    if s.get("model_hash") and run.weights_sha256 != s["model_hash"]:
+        raise ValueError(f"--from-png {str(src)!r} was made by {s['run']} with weights sha256 "
+                         f"{s['model_hash'][:16]}..., but {ref} has {run.weights_sha256[:16]}...: give the run that "
+                         "made it")
+    need = ("request_seed", "n", "batch", "index")
+    if any(k not in s for k in need):
+        raise ValueError(f"--from-png {str(src)!r} lacks {', '.join(k for k in need if k not in s)}: it was written by "
+                         "an older unblur")
+    index, batch = int(s["index"]), int(s["batch"])
+    stream = run.sample(int(s["n"]), classes=[s["class"]] if s.get("class") is not None else [],
+                        prompts=[s["prompt"]] if s.get("prompt") is not None else [],
+                        negative_prompt=s.get("negative_prompt"), guidance=s.get("guidance"), sampler=s.get("sampler"),
+                        steps=s.get("steps"), grid=s.get("grid"), seed=int(s["request_seed"]), batch=batch,
+                        start=(index // batch) * batch)
+    b = next(iter(stream))
+    k = index - b.start
+    rec = b.records[k]
+    out = Path(args.out) if args.out else src.with_name(src.stem + "-again.png")
+    if out.exists() and not args.overwrite and out.resolve() != src.resolve():
+        raise ValueError(f"--out {str(out)!r} exists: give another path or --overwrite")
+    if out.resolve() == src.resolve():
+        raise ValueError(f"--out {str(out)!r} is the PNG being reproduced: give another path")
+    write_image(b.x[k], out, text_chunks(settings_of(run, rec, request_seed=s["request_seed"], n=s["n"],
+                                                     batch=batch)))
+    same = np.array_equal(np.array(Image.open(out)), np.array(Image.open(src)))
+    print(f"wrote {out} (seed {rec['seed']}, {rec['sampler']} {rec['steps']} steps): "
+          f"{'identical to' if same else 'DIFFERENT from'} {src}'s pixels")
     return 0

@@ -69,7 +69,13 @@ def build_autoencoder(cfg: Config, shape: Sequence[int]) -> AutoencoderKL:
     if H % f or W % f:
         raise ValueError(f"an autoencoder with autoencoder.downsampling={f} needs image sides that are multiples of "
                          f"{f}, but the images are {H}x{W}: set data.size (e.g. data.size={max(f, H - H % f)})")
-    return AutoencoderKL(autoencoder_kl_config(cfg, shape))
+    net = AutoencoderKL(autoencoder_kl_config(cfg, shape))
+    shift = cfg.autoencoder.logvar_init
+    if shift:  # the log-variance half of the moments starts at ``shift`` on average
+        last = net.quant_conv if net.quant_conv is not None else net.encoder.conv_out
+        with torch.no_grad():
+            last.bias[cfg.autoencoder.latent_channels:] += shift
+    return net
 
 
 @torch.no_grad()

@@ -99,14 +99,15 @@ class SampleFolder:
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in good).encode())
         return len(good)
 
-    def write(self, batch: SampleBatch) -> None:
-        """Write one batch: array slice, PNGs (images), then records."""
+    def write(self, batch: SampleBatch, texts: list[dict[str, str]] | None = None) -> None:
+        """Write one batch: array slice, PNGs (images; ``texts``: each one's PNG text chunks,
+        e.g. ``runs.pnginfo.text_chunks``), then records."""
         x = batch.x.float().cpu()
         arr = ((x.clamp(-1, 1) + 1) / 2) if x.ndim == 4 else x  # images in [0, 1]; vectors in data units
         self._write_array(arr.numpy().astype(np.float32), batch.start, batch.total)
         if x.ndim == 4:
             for i in range(len(x)):
-                write_image(x[i], self.folder / f"{batch.start + i:05d}.png")
+                write_image(x[i], self.folder / f"{batch.start + i:05d}.png", texts[i] if texts else None)
         with (self.folder / RECORDS).open("a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r) + "\n" for r in batch.records))
             f.flush()

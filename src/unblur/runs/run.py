@@ -90,11 +90,18 @@ class Run(Editing):
         self.path = Path(path) if path is not None else None
         self.denoiser: Denoiser = build_denoiser(config, net, process)
         self.latent = latent  # a latent run's ``pipelines.latent.LatentSpace``; None in pixel space
+        self.ref = str(path) if path is not None else "this run"  # as the user named it (``builtin:NAME``)
+        self._model_file: Path | None = None
+        self._sha256: str | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> Run:
-        """Open a run folder written by ``unblur train`` (or its ``model.safetensors``)."""
-        path = Path(path)
+        """Open a run folder written by ``unblur train`` (or its ``model.safetensors``), or a run
+        shipped in the package as ``builtin:NAME`` (``runs.pretrained``)."""
+        from .pretrained import builtin_path, is_builtin
+
+        ref = str(path)
+        path = builtin_path(ref) if is_builtin(ref) else Path(path)
         if not path.exists():
             raise ValueError(f"run {str(path)!r} does not exist: give a folder written by `unblur train --out`")
         state, cfg, info = load_model(path / MODEL_FILE if path.is_dir() else path)
@@ -110,11 +117,35 @@ class Run(Editing):
             from ..pipelines.latent import open_latent_space
 
             latent = open_latent_space(info.latent, folder, device=dev)
-        return cls(cfg, info, net, build_process(cfg, info), device=dev, path=folder, latent=latent)
+        run = cls(cfg, info, net, build_process(cfg, info), device=dev, path=folder, latent=latent)
+        run.ref = ref
+        run._model_file = path / MODEL_FILE if path.is_dir() else path
+        return run
 
     @property
     def name(self) -> str:
+        if self.ref.startswith("builtin:"):
+            return self.ref
         return str(self.path) if self.path is not None else "this run"
+
+    @property
+    def weights_sha256(self) -> str:
+        """The SHA-256 of the run's model file (hex), as AUTOMATIC1111's "Model hash" takes its
+        first ten digits; of the weights in memory for a run not opened from a file."""
+        if self._sha256 is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            if self._model_file is not None and self._model_file.is_file():
+                with self._model_file.open("rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+            else:
+                for k, v in sorted(self.net.state_dict().items()):
+                    h.update(k.encode())
+                    h.update(v.detach().float().cpu().numpy().tobytes())
+            self._sha256 = h.hexdigest()
+        return self._sha256
 
     @property
     def is_image(self) -> bool:
