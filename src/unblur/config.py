@@ -145,7 +145,8 @@ class CondConfig:
 @dataclass(frozen=True)
 class AutoencoderConfig:
     # model.kind = autoencoder: the KL-regularised autoencoder of latent diffusion (Rombach et al. 2022), built as
-    # diffusers' AutoencoderKL at small widths, trained on L1 + kl_weight * KL + a structure term [+ a PatchGAN].
+    # diffusers' AutoencoderKL at small widths, trained on a pixel loss + kl_weight * KL [+ a structure term]
+    # [+ a PatchGAN].
     downsampling: int = 4  # image pixels per latent pixel along each side: 4 | 8
     latent_channels: int = 4  # channels of the latent z
     widths: tuple[int, ...] | None = None  # width per level, log2(downsampling) + 1 of them; None: 32,64,64[,64]
@@ -153,10 +154,12 @@ class AutoencoderConfig:
     norm_groups: int = 8  # GroupNorm groups; must divide every width
     mid_attention: bool = True  # self-attention in the encoder's and decoder's middle blocks
     kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) summed over a latent, per image (SD: 1e-6)
+    rec_loss: str = "l2"  # per-pixel reconstruction term: l2 (what PSNR measures) | l1 (SD's) | l1+l2
     logvar_init: float = 0.0  # initial bias of the posterior's log-variance (below 0: less noise on z at first)
-    perceptual: str = "ssim"  # structure term, no download: none | ssim (1 - SSIM) | gradient (L1 of image
-    #   gradients at 3 scales) | ssim+gradient
-    perceptual_weight: float = 0.2  # its weight beside the per-pixel L1 (data in [-1, 1])
+    perceptual: str = "none"  # structure term, no download: none | ssim (1 - SSIM) | gradient (L1 of image
+    #   gradients at 3 scales) | ssim+gradient. none: on 64x64 shapes, 1 - SSIM beside the pixel loss kept
+    #   the small shapes' colours at the palette's mean for minutes (benchmarks/README.md, latent.py)
+    perceptual_weight: float = 0.2  # its weight beside the per-pixel term (data in [-1, 1])
     discriminator: bool = False  # a PatchGAN trained on the hinge loss, with its own AdamW
     disc_start: int = 2000  # step the discriminator joins at; before it the reconstruction trains alone
     disc_weight: float = 0.5  # weight of the generator's adversarial term
@@ -437,7 +440,8 @@ RULES: dict[str, Rule] = {
     "autoencoder.disc_width": _at_least(1),
     "autoencoder.disc_layers": _within(1, 5),
     "autoencoder.holdout": Rule(lambda v: 0 < v <= 0.5, "in (0, 0.5]"),
-    "autoencoder.logvar_init": Rule(lambda v: -30 <= v <= 20, "in [-30, 20] (the log-variance is clamped there)"),
+    "autoencoder.rec_loss": _one_of("l1", "l2", "l1+l2"),
+    "autoencoder.logvar_init": _within(-30.0, 20.0),
 }
 
 # Rules between fields of one section: (key reported, ok(section), what it must be).

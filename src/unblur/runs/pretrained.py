@@ -13,7 +13,7 @@ from pathlib import Path
 PREFIX = "builtin:"
 ROOT = Path(__file__).resolve().parent.parent / "pretrained"
 BUILTIN_RUNS = {
-    "digits": "class-conditional 8x8 digits (scikit-learn), shown at 32x32",
+    "digits": "class-conditional 8x8 digits (scikit-learn)",
     "shapes": "text-to-image shapes at 32x32 (MiniLM captions)",
     "blur": "cold-diffusion deblurring of digits",
 }

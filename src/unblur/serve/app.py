@@ -323,7 +323,8 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
                 while True:
                     if await request.is_disconnected():
                         break
-                    for seen, ev in job.since(seen):
+                    for k, ev in job.since(seen):
+                        seen = k
                         yield f"event: {ev['type']}\ndata: {json.dumps(with_urls(job, ev))}\n\n"
                         if ev["type"] in TERMINAL:  # the job's state is set before its last event
                             return
