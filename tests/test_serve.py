@@ -317,6 +317,15 @@ def test_unblur_sample_writes_settings_and_from_png_reproduces_bit_for_bit(tmp_p
     # another run's weights: refused, naming both hashes
     assert main(["sample", str(OLD / "blur"), "--from-png", str(png), "--out", str(tmp_path / "x.png")]) == 2
     assert "was made by" in capsys.readouterr().err
+    # several contexts in one request, and the classes cycled: the same batch is made again
+    for extra in (["--class", "1", "--class", "5"], []):
+        out2 = tmp_path / f"s{len(extra)}"
+        assert main(["sample", str(OLD / "edm-classes"), "--n", "3", *extra, "--steps", "3", "--seed", "7",
+                     "--batch", "4", "--out", str(out2), "--device", "cpu"]) == 0
+        for png in sorted(out2.glob("0000*.png"))[::2]:
+            again = tmp_path / f"again-{len(extra)}-{png.name}"
+            assert main(["sample", "--from-png", str(png), "--out", str(again), "--device", "cpu"]) == 0
+            assert np.array_equal(np.array(Image.open(again)), np.array(Image.open(png))), png
     plain = tmp_path / "plain.png"
     Image.new("L", (8, 8)).save(plain)
     assert main(["sample", "--from-png", str(plain), "--out", str(tmp_path / "y.png")]) == 2

@@ -107,6 +107,7 @@ def run_sample(args) -> int:
                         callback=lambda info: bar.update(1))  # the request is checked before a folder is touched
     out = Path(args.out) if args.out else default_out(args, plan, request)
     folder = SampleFolder(out, request, overwrite=args.overwrite)
+    again = reproduction(args, request["prompts"], stream.total)
     apply_threads(args)  # the request is checked: the work starts
     try:
         batches = stream.starting_at(folder.done)
@@ -115,8 +116,7 @@ def run_sample(args) -> int:
         t0, made = time.time(), 0
         try:
             for b in batches:
-                folder.write(b, [text_chunks(settings_of(run, r, request_seed=args.seed, n=args.n, batch=args.batch,
-                                                         contexts=stream.total // args.n)) for r in b.records])
+                folder.write(b, [text_chunks(settings_of(run, r, **again)) for r in b.records])
                 made += len(b.x)
         except KeyboardInterrupt:
             bar.close()
@@ -130,6 +130,21 @@ def run_sample(args) -> int:
     print(f"wrote {made} samples to {out}/ ({plan.sampler}, {plan.steps} steps, {nfe(plan.sampler, plan.steps)} "
           f"NFE, {time.time() - t0:.1f} s{kept}); {picture.name} shows {folder.shown}")
     return 0
+
+
+MAX_ASKED = 64  # contexts recorded in each PNG for --from-png; more and it makes the image alone
+
+
+def reproduction(args, prompts: list[str], total: int) -> dict:
+    """What each PNG records beside its own context so that ``--from-png`` remakes its whole batch:
+    the request seed, n and batch; that the classes were cycled (no --class on a class run); and
+    every asked class and prompt when there were several (the batch mixes them)."""
+    out = {"request_seed": args.seed, "n": args.n, "batch": args.batch, "contexts": total // args.n}
+    if not args.class_:
+        out["cycled"] = True
+    if total // args.n > 1 and len(args.class_ or []) + len(prompts) <= MAX_ASKED:
+        out["asked"] = {"classes": list(args.class_ or []), "prompts": prompts}
+    return out
 
 
 def from_png(args) -> int:
@@ -157,21 +172,31 @@ def from_png(args) -> int:
         raise ValueError(f"--from-png {str(src)!r} lacks {', '.join(k for k in need if k not in s)}: it was written by "
                          "an older unblur")
     index, batch = int(s["index"]), int(s["batch"])
-    stream = run.sample(int(s["n"]), classes=[s["class"]] if s.get("class") is not None else [],
-                        prompts=[s["prompt"]] if s.get("prompt") is not None else [],
-                        negative_prompt=s.get("negative_prompt"), guidance=s.get("guidance"), sampler=s.get("sampler"),
-                        steps=s.get("steps"), grid=s.get("grid"), seed=int(s["request_seed"]), batch=batch,
-                        start=(index // batch) * batch)
+    classes = [s["class"]] if s.get("class") is not None and not s.get("cycled") else []
+    prompts = [s["prompt"]] if s.get("prompt") is not None else []
+    if s.get("asked"):  # a request of several contexts: the same ones, so the batch is the same
+        classes, prompts = s["asked"]["classes"], s["asked"]["prompts"]
+    n, seed, start = int(s["n"]), int(s["request_seed"]), (index // batch) * batch
+    if s.get("contexts", 1) > 1 and not s.get("asked"):  # too many to record: this image alone
+        n, seed, batch, index, start = 1, int(s["seed"]), 1, 0, 0
+        print(f"note: {str(src)!r} came from a request of {s['contexts']} contexts, not recorded; it is made "
+              "alone, which may differ from it in the last bit")
+    stream = run.sample(n, classes=classes, prompts=prompts, negative_prompt=s.get("negative_prompt"),
+                        guidance=s.get("guidance"), sampler=s.get("sampler"), steps=s.get("steps"), grid=s.get("grid"),
+                        seed=seed, batch=batch, start=start)
     b = next(iter(stream))
+    rec = b.records[index - b.start]
     k = index - b.start
-    rec = b.records[k]
+    if rec.get("seed") != s.get("seed") or rec.get("class") != s.get("class") or rec.get("prompt") != s.get("prompt"):
+        raise ValueError(f"--from-png {str(src)!r}: its settings do not describe one sample of one request (seed "
+                         f"{s.get('seed')}, index {s['index']}); it cannot be made again")
     out = Path(args.out) if args.out else src.with_name(src.stem + "-again.png")
     if out.exists() and not args.overwrite and out.resolve() != src.resolve():
         raise ValueError(f"--out {str(out)!r} exists: give another path or --overwrite")
     if out.resolve() == src.resolve():
         raise ValueError(f"--out {str(out)!r} is the PNG being reproduced: give another path")
-    write_image(b.x[k], out, text_chunks(settings_of(run, rec, request_seed=s["request_seed"], n=s["n"],
-                                                     batch=batch)))
+    keep = {k2: s[k2] for k2 in ("request_seed", "n", "batch", "cycled", "asked", "contexts") if k2 in s}
+    write_image(b.x[k], out, text_chunks(settings_of(run, rec, **keep)))
     same = np.array_equal(np.array(Image.open(out)), np.array(Image.open(src)))
     print(f"wrote {out} (seed {rec['seed']}, {rec['sampler']} {rec['steps']} steps): "
           f"{'identical to' if same else 'DIFFERENT from'} {src}'s pixels")

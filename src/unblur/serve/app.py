@@ -235,7 +235,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
             for b in stream:
                 for i in range(len(b.x)):
                     s = settings_of(run, b.records[i], kind="generate", request_seed=req.seed, n=req.n,
-                                    batch=req.n)
+                                    batch=req.n, cycled=True if req.class_ is None else None)
                     out.append({"png": image_bytes(b.x[i], "PNG", text_chunks(s)), "settings": s})
             return out
 
@@ -253,7 +253,8 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
             m = upload(req.mask, "mask").convert("L")
             mask = torch.from_numpy(_array(m.resize((W, H), Image.Resampling.BOX))).float().div(255.0)[None, None] > 0.5
             if not bool(mask.any()):
-                mask = None if req.strength == 0 else mask
+                raise bad(422, "mask: it regenerates nothing (no white pixel): paint the region to change, or leave "
+                          "the mask out for img2img of the whole picture")
         try:
             run.check_edit("inpaint" if mask is not None else "img2img")
             plan = run.plan(req.sampler, req.steps, None)

@@ -141,10 +141,10 @@ function request() {
     return ["/api/restore", { ...body, image: state.restoreImage, steps }];
   }
   Object.assign(body, { sampler: $("sampler").value, steps, n: Number($("n").value) });
-  if (run.text || run.classes.length) body.guidance = Number($("guidance").value);
   if (run.text && $("prompt").value.trim()) body.prompt = $("prompt").value.trim();
   if (run.text && $("negative").value.trim()) body.negative_prompt = $("negative").value.trim();
   if (run.classes.length && $("class").value !== "") body.class = $("class").value;
+  if (body.prompt || body.class !== undefined || (run.classes.length && !run.text)) body.guidance = Number($("guidance").value);
   if (state.tab === "edit") {
     if (!state.editImage) throw new Error("choose an image to edit");
     body.image = state.editImage.url;
