@@ -129,7 +129,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("latency")
     a.add_argument("--run", default="shapes")
-    a.add_argument("--prompt", default="a red circle on a blue background")
+    a.add_argument("--prompt", default="a red circle on a black background")
     a.add_argument("--steps", type=int, default=30)
     a.add_argument("--n", type=int, default=4)
     a.add_argument("--rounds", type=int, default=5)

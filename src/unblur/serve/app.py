@@ -382,7 +382,7 @@ def describe(name: str, run) -> dict[str, Any]:
     cfg = run.config
     restorer = bool(getattr(run.process, "restores", False))
     text = run.data.text_dim is not None
-    classes = list(run.data.class_names or [])
+    classes = list(run.data.class_names or []) if run.config.cond.classes else []  # class-conditioned runs only
     can = ["generate", "img2img", "restore"] if restorer else ["generate", "img2img", "inpaint"]
     if restorer and run.process.kind == "mask":
         can.append("inpaint")

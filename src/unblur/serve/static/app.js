@@ -105,15 +105,22 @@ function drawEditImage() {
   ctx.drawImage(im, (im.width - cw) / 2, (im.height - ch) / 2, cw, ch, 0, 0, c.width, c.height);
 }
 
-function paintAt(ev) {
+let lastPoint = null;
+function paintAt(ev, start) {
+  // a stroke from the previous point (round caps), so a fast drag leaves no gaps
   const m = $("edit-mask"), r = m.getBoundingClientRect();
   const x = (ev.clientX - r.left) * m.width / r.width, y = (ev.clientY - r.top) * m.height / r.height;
   const ctx = m.getContext("2d");
   ctx.globalCompositeOperation = $("eraser").checked ? "destination-out" : "source-over";
-  ctx.fillStyle = "rgba(255, 40, 40, 0.55)";
+  ctx.strokeStyle = "rgb(255, 40, 40)";
+  ctx.lineWidth = Number($("brush").value);
+  ctx.lineCap = "round"; ctx.lineJoin = "round";
+  const from = start || !lastPoint ? [x, y] : lastPoint;
   ctx.beginPath();
-  ctx.arc(x, y, Number($("brush").value) / 2, 0, 2 * Math.PI);
-  ctx.fill();
+  ctx.moveTo(from[0], from[1]);
+  ctx.lineTo(x + 0.01, y);
+  ctx.stroke();
+  lastPoint = [x, y];
 }
 
 function maskDataURL() {
@@ -261,9 +268,9 @@ function wire() {
   $("clear-mask").addEventListener("click", () => $("edit-mask").getContext("2d").clearRect(0, 0, 9999, 9999));
   const m = $("edit-mask");
   let down = false;
-  m.addEventListener("pointerdown", (e) => { down = true; m.setPointerCapture(e.pointerId); paintAt(e); });
-  m.addEventListener("pointermove", (e) => { if (down) paintAt(e); });
-  m.addEventListener("pointerup", () => { down = false; });
+  m.addEventListener("pointerdown", (e) => { down = true; m.setPointerCapture(e.pointerId); paintAt(e, true); });
+  m.addEventListener("pointermove", (e) => { if (down) paintAt(e, false); });
+  m.addEventListener("pointerup", () => { down = false; lastPoint = null; });
   let depth = 0;
   document.addEventListener("dragenter", (e) => { if (e.dataTransfer.types.includes("Files")) { depth += 1; $("drop").hidden = false; } });
   document.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) $("drop").hidden = true; });
