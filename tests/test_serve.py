@@ -343,3 +343,5 @@ def test_serve_cli_warns_off_loopback(monkeypatch, capsys):
     assert main(["serve", str(OLD / "edm-classes"), "--port", "70000"]) == 2
     assert main(["serve", "builtin:nothing"]) == 2
     assert "no built-in run 'builtin:nothing'" in capsys.readouterr().err
+    assert main(["serve", str(OLD / "toy"), "--device", "cpu"]) == 2  # 2-D points: nothing for a page to show
+    assert "the page serves image runs" in capsys.readouterr().err

@@ -116,7 +116,8 @@ def run_sample(args) -> int:
         t0, made = time.time(), 0
         try:
             for b in batches:
-                folder.write(b, [text_chunks(settings_of(run, r, **again)) for r in b.records])
+                folder.write(b, [text_chunks(settings_of(run, r, **again)) for r in b.records] if run.is_image
+                             else None)
                 made += len(b.x)
         except KeyboardInterrupt:
             bar.close()

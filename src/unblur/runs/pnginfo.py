@@ -35,6 +35,8 @@ def settings_of(run, record: dict[str, Any], *, kind: str = "generate", size: tu
     which run (name and weights hash), the context, the sampler and the seed, plus ``extra``
     (``request_seed``, ``n``, ``batch`` and ``index`` let a sample be made again bit for bit)."""
     size = size or tuple(run.image_shape[-2:])
+    if len(size) != 2:
+        raise ValueError(f"{run.name} makes vectors of shape {tuple(run.image_shape)}, not images: no PNG settings")
     keep = ("prompt", "negative_prompt", "class", "class_name", "guidance", "sampler", "steps", "grid", "seed",
             "strength", "method", "level", "index")
     out = {"unblur": __version__, "kind": kind, "run": run.ref, "model_hash": run.weights_sha256,

@@ -108,6 +108,10 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
     """The application serving ``runs`` (name -> ``Run``)."""
     if not runs:
         raise ValueError("give at least one run to serve")
+    for name, run in runs.items():
+        if not run.is_image:
+            raise ValueError(f"run {run.name} ({name!r}) makes {run.data.kind}s of shape {tuple(run.data.shape)}: "
+                             "the page serves image runs; sample it with unblur sample")
     lim = limits or Limits()
     jobs = JobQueue(workers=workers, limit=queue, keep=keep)
     state: dict[str, Any] = {"loop": None}
