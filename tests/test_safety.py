@@ -180,8 +180,8 @@ def test_an_interrupted_sample_folder_is_continued_to_the_same_samples(tmp_path,
     real = SampleFolder.write
     calls = []
 
-    def write_then_interrupt(self, batch):
-        real(self, batch)
+    def write_then_interrupt(self, batch, texts=None):
+        real(self, batch, texts)
         calls.append(batch.start)
         if len(calls) == 2:
             raise KeyboardInterrupt
