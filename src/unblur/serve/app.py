@@ -240,7 +240,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
                 for i in range(len(b.x)):
                     s = settings_of(run, b.records[i], kind="generate", request_seed=req.seed, n=req.n,
                                     batch=req.n, cycled=True if req.class_ is None else None)
-                    out.append({"png": image_bytes(b.x[i], "PNG", text_chunks(s)), "settings": s})
+                    out.append(result(b.x[i], s))
             return out
 
         return submit(Job("generate", req.run, work))
@@ -275,7 +275,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
             for i in range(len(res.x)):
                 s = settings_of(run, res.records[i], kind="edit", strength=req.strength,
                                 method=req.method if mask is not None else None, request_seed=req.seed)
-                out.append({"png": image_bytes(res.x[i], "PNG", text_chunks(s)), "settings": s})
+                out.append(result(res.x[i], s))
             return out
 
         return submit(Job("edit", req.run, work))
@@ -303,7 +303,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
             rec = {"seed": req.seed, "steps": req.steps or run.config.sample.steps, "level": float(level[0]),
                    "sampler": run.process.restore_sampler}
             s = settings_of(run, rec, kind="restore", size=tuple(y.shape[-2:]))
-            return [{"png": image_bytes(y[0].cpu(), "PNG", text_chunks(s)), "settings": s}]
+            return [result(y[0].cpu(), s)]
 
         return submit(Job("restore", req.run, work))
 
@@ -372,6 +372,11 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
         return job
 
     return app
+
+
+def result(x: torch.Tensor, settings: dict) -> dict:
+    """One output of a job: the PNG (carrying its settings) and the settings."""
+    return {"png": image_bytes(x, "PNG", text_chunks(settings)), "settings": settings}
 
 
 def with_urls(job: Job, ev: dict) -> dict:
