@@ -319,6 +319,11 @@ EXAMPLES = {
     "image": KindExample({"cond.image": "superres", "cond.superres_factor": 2},
                          lambda tmp: {"image": write_png(tmp / "low.png")},
                          lambda tmp: {"image": str(tmp / "missing.png")}, "--image '.*missing.png' does not exist"),
+    "embedding": KindExample({"cond.clip": "runs/clip", "cond.clip_tokens": 2},
+                             lambda tmp: {"embeddings": torch.nn.functional.normalize(torch.randn(2, 8), dim=1),
+                                          "embedding_labels": ["a red circle", "img.png"]},
+                             lambda tmp: {"embeddings": torch.randn(2, 5)},
+                             r"conditioned on 8-wide embeddings, but the embeddings given have shape \(2, 5\)"),
 }
 
 
@@ -333,7 +338,9 @@ def tiny_data():
 
     return Data(x=torch.rand(6, 1, 8, 8) * 2 - 1, kind="image", source="test:tiny",
                 labels=torch.tensor([0, 1, 2, 0, 1, 2]), class_names=["a", "b", "c"],
-                captions=["a red circle", "a blue square", "a green cross", "red", "blue", "a small circle"])
+                captions=["a red circle", "a blue square", "a green cross", "red", "blue", "a small circle"],
+                embeddings=torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)),
+                                                         dim=1))
 
 
 def kind_setup(name, tmp_path, B=4):
@@ -341,7 +348,7 @@ def kind_setup(name, tmp_path, B=4):
     cfg = apply_overrides(Config(), example(name).config)
     cond_er = Conditioner(cfg, tiny_data(), tmp_path, torch.device("cpu"), progress=False)
     info = {"kind": "image", "source": "test:tiny", "shape": [1, 8, 8], "class_names": ["a", "b", "c"],
-            **cond_er.info}
+            "clip": {"dim": 8}, **cond_er.info}
     return cfg, info, cond_er, cond_er.items(torch.arange(B) % 6)
 
 
@@ -441,6 +448,7 @@ def test_sample_context_combines_classes_and_prompts_and_the_negative_prompt(tmp
     assert ctx.record(reqs[1]) == {"guidance": 3.0, "class": 2, "class_name": "c", "prompt": "blue",
                                    "negative_prompt": "green"}
     plain = SampleContext(Config(), {"shape": [1, 8, 8]}, None, torch.device("cpu"))
-    assert plain.requests(2) == [{"class": None, "prompt": None}] * 2 and plain.cond(plain.requests(2)) == (None, None)
+    assert plain.requests(2) == [{"class": None, "prompt": None, "embedding": None}] * 2
+    assert plain.cond(plain.requests(2)) == (None, None)
     with pytest.raises(ValueError, match="--guidance needs a context"):
         SampleContext(Config(), {"shape": [1, 8, 8]}, None, torch.device("cpu"), guidance=2.0)

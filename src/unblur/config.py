@@ -43,7 +43,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "auto"  # unet | mlp | auto (unet for images, mlp for vectors) | autoencoder (see [autoencoder])
+    kind: str = "auto"  # unet | mlp | auto (unet for images, mlp for vectors) | autoencoder (see [autoencoder]) |
+    #   clip (a contrastive text-image encoder, see [clip]) | prior (diffusion over a clip run's image embeddings
+    #   given its text embeddings: the residual MLP; needs cond.clip)
     # The four U-Net sizes: None takes the preset for the image size and the device (nets.presets), which
     # training writes into the run's config; a config saved with None builds the reference (GPU) sizes.
     base_channels: int | None = None  # U-Net width at the top level
@@ -140,6 +142,9 @@ class CondConfig:
     learned_dim: int = 128  # text_encoder=learned: width of its token features
     learned_layers: int = 2  # text_encoder=learned: transformer layers
     guidance: float = 3.0  # default guidance scale of `unblur sample` for class and text conditions
+    clip: str = ""  # a contrastive encoder run (--model clip): a U-Net is conditioned on its image embeddings (the
+    #   unCLIP decoder), a --model prior on its text embeddings; "" = none
+    clip_tokens: int = 4  # the decoder's extra context tokens projected from the image embedding (Ramesh et al.: 4)
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,22 @@ class AutoencoderConfig:
 
 
 @dataclass(frozen=True)
+class ClipConfig:
+    # model.kind = clip: an image encoder (a small CNN) and a projection of caption features into one normalised
+    # embedding space, trained with the symmetric InfoNCE loss and a learned temperature (Radford et al. 2021).
+    embed_dim: int = 64  # width of the shared embedding
+    widths: tuple[int, ...] = (32, 64, 128)  # CNN width per level (each level halves the image)
+    text_encoder: str = "minilm"  # caption features: minilm | learned | PATH or hub id of an HF encoder (frozen)
+    text_hidden: int = 256  # width of the caption projection's hidden layer
+    temperature: float = 0.07  # initial temperature (logit scale 1 / temperature, learned)
+    max_logit_scale: float = 100.0  # the learned logit scale is clamped to [1, this] (CLIP's bound)
+    holdout: float = 0.05  # fraction of the pairs held out (seeded by train.seed) for retrieval and zero-shot
+    max_tokens: int = 32  # longest caption in tokens
+    learned_dim: int = 128  # text_encoder=learned: width of its token features
+    learned_layers: int = 2  # text_encoder=learned: transformer layers
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -179,6 +200,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     cond: CondConfig = field(default_factory=CondConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -306,7 +328,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 # -- what each value must be -----------------------------------------------------------------
 # config.py imports nothing above it, so the names it accepts are kept here; tests/test_config.py
 # checks that each tuple equals the registry it copies (sampling.SAMPLERS, grids.GRIDS, ...).
-MODEL_KINDS = ("auto", "unet", "mlp", "autoencoder")  # runs.build.MODELS
+MODEL_KINDS = ("auto", "unet", "mlp", "autoencoder", "clip", "prior")  # runs.build.MODELS
 PERCEPTUAL = ("none", "ssim", "gradient", "ssim+gradient")  # objectives.PERCEPTUAL
 GAUSSIAN_PROCESSES = ("edm", "vp")
 COLD_PROCESSES = ("blur", "pixelate", "mask", "desaturate", "snow", "blend", "noise", "jpeg")  # DEGRADATIONS
@@ -427,6 +449,19 @@ RULES: dict[str, Rule] = {
     "cond.learned_dim": _at_least(1),
     "cond.learned_layers": _at_least(1),
     "cond.guidance": _at_least(0),
+    "cond.clip": Rule(lambda v: v == "" or (bool(v.strip()) and v.isprintable()),
+                      "a contrastive encoder run folder (unblur train --model clip), or empty"),
+    "cond.clip_tokens": _at_least(0),
+    "clip.embed_dim": _at_least(2),
+    "clip.widths": _each(_at_least(1), what="one width per level (e.g. 32,64,128)"),
+    "clip.text_encoder": _nonempty("minilm | learned | a folder or hub id of an encoder"),
+    "clip.text_hidden": _at_least(1),
+    "clip.temperature": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "clip.max_logit_scale": _at_least(1),
+    "clip.holdout": Rule(lambda v: 0 < v <= 0.5, "in (0, 0.5]"),
+    "clip.max_tokens": _at_least(1),
+    "clip.learned_dim": _at_least(1),
+    "clip.learned_layers": _at_least(1),
     "autoencoder.downsampling": _one_of(4, 8),
     "autoencoder.latent_channels": _at_least(1),
     "autoencoder.widths": _each(_at_least(1), what="one width per level (e.g. 32,64,64)", fewest=2),
@@ -508,6 +543,35 @@ def validate(cfg: Config) -> None:
             raise _refuse(key, getattr(section, name), want(section))
     _check_autoencoder(cfg)
     _check_latent(cfg)
+    _check_clip(cfg)
+
+
+def _check_clip(cfg: Config) -> None:
+    """What the contrastive encoder, the prior and a CLIP-conditioned decoder need and refuse."""
+    kind, c = cfg.model.kind, cfg.cond
+    if kind == "clip":
+        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
+                                ("cond.image", c.image != "none"), ("cond.clip", bool(c.clip))) if on]
+        if used:
+            raise ValueError(f"model.kind=clip is trained on image-caption pairs alone, but {', '.join(used)} asks for "
+                             "conditioning: drop it (the caption encoder is clip.text_encoder)")
+        if cfg.data.latent:
+            raise ValueError("model.kind=clip encodes pixels: drop --latent (data.latent)")
+        if 1.0 / cfg.clip.temperature > cfg.clip.max_logit_scale:
+            raise ValueError(f"clip.temperature={cfg.clip.temperature} starts the logit scale at "
+                             f"{1 / cfg.clip.temperature:.4g}, above clip.max_logit_scale={cfg.clip.max_logit_scale}")
+    if kind == "prior":
+        if not c.clip:
+            raise ValueError("model.kind=prior diffuses a contrastive encoder's image embeddings: give the encoder "
+                             "run with --clip RUN (cond.clip)")
+        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
+                                ("cond.image", c.image != "none"), ("data.latent", bool(cfg.data.latent))) if on]
+        if used:
+            raise ValueError(f"model.kind=prior is conditioned on the encoder's text embedding alone, but "
+                             f"{', '.join(used)} asks for more: drop it")
+    if c.clip and kind in ("autoencoder", "mlp"):
+        raise ValueError(f"cond.clip conditions a U-Net decoder (or a --model prior) on a contrastive encoder, "
+                         f"but model.kind={kind}: drop --clip (cond.clip) or choose --model unet / prior")
 
 
 def _check_latent(cfg: Config) -> None:

@@ -163,3 +163,21 @@ def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
 def hinge_g_loss(logits_fake: Tensor) -> Tensor:
     """The generator's adversarial term -E D(x_hat), averaged over each sample's patches: (B,)."""
     return -mean_flat(logits_fake.float())
+
+
+def info_nce(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
+    """The symmetric InfoNCE loss of CLIP (Radford et al. 2021, fig. 3), per pair (B,).
+
+    With unit embeddings ``image`` and ``text`` (B, E), pair i matching row i, and logits
+    ``s * image @ text.T``, pair i's loss is the mean of its image->text and text->image
+    cross-entropies:
+
+        l_i = ( -log softmax_j(s <u_i, v_j>)_i  -  log softmax_j(s <u_j, v_i>)_i ) / 2
+
+    so ``info_nce(...).mean()`` is (CE(logits, arange) + CE(logits.T, arange)) / 2.
+    """
+    logits = scale * image.float() @ text.float().T  # (B, B)
+    target = torch.arange(len(logits), device=logits.device)
+    rows = F.cross_entropy(logits, target, reduction="none")
+    cols = F.cross_entropy(logits.T, target, reduction="none")
+    return 0.5 * (rows + cols)

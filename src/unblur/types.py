@@ -115,6 +115,7 @@ class DataInfo:
     cold_start: dict | None = None  # a cold process's fitted start statistics
     fingerprint: str | None = None  # a hash of the training tensor: resume refuses other data
     latent: dict | None = None  # a latent run's autoencoder (path, sha256), shift, scale and image shape
+    clip: dict | None = None  # a decoder's or prior's contrastive encoder (path, sha256, dim, role)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -136,6 +137,8 @@ class DataInfo:
             d["fingerprint"] = self.fingerprint
         if self.latent is not None:
             d["latent"] = self.latent
+        if self.clip is not None:
+            d["clip"] = self.clip
         return d
 
     @classmethod
@@ -146,7 +149,8 @@ class DataInfo:
         return cls(kind=str(d["kind"]), shape=tuple(int(v) for v in d["shape"]), source=str(d.get("source", "")),
                    num_items=int(d.get("num_items", 0)), class_names=tuple(names) if names else None,
                    text_dim=d.get("text_dim"), cold_start=d.get("cold_start") or None,
-                   fingerprint=d.get("fingerprint"), latent=d.get("latent") or None)
+                   fingerprint=d.get("fingerprint"), latent=d.get("latent") or None,
+                   clip=d.get("clip") or None)
 
     # Mapping-style reads (``info["shape"]``, ``info.get("class_names")``) for code written
     # against the plain dict a run's metadata holds.

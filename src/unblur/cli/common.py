@@ -121,9 +121,20 @@ def resolve_config(args) -> tuple[Config, set[str]]:
         over["data.latent"] = args.latent
     if getattr(args, "embed_ae", False):
         over["data.embed_ae"] = "true"
+    if getattr(args, "clip", None):
+        over["cond.clip"] = args.clip
     cfg = apply_overrides(Config(), {**toml, **over})  # one resolve: the command line wins over the file
+    given = explicit | set(over)
+    if cfg.model.kind == "prior":  # the paper's prior: predicts the clean embedding, on a cosine schedule
+        cfg = apply_overrides(cfg, {k: v for k, v in PRIOR_DEFAULTS.items() if k not in given})
     check_process_config(cfg.process)
-    return cfg, explicit | set(over)
+    return cfg, given
+
+
+# What ``--model prior`` changes from the image defaults, unless given: x0-prediction (Ramesh et al. 2022,
+# sec. 2.2) on a cosine VP schedule, and a wider MLP.
+PRIOR_DEFAULTS = {"process.kind": "vp", "process.schedule": "cosine", "objective.prediction": "x0",
+                  "model.hidden": 256}
 
 
 def progress_factory(enabled: bool = True):

@@ -43,7 +43,89 @@ def add_parser(sub) -> None:
     s.add_argument("--image", metavar="FILE", help="conditioning image, e.g. a low-resolution input")
     s.add_argument("--guidance", type=nonnegative_float, help="classifier-free guidance scale: 1 = conditional, 0 = "
                    "unconditional (default: cond.guidance for classes and prompts, 1 for an image)")
+    u = s.add_argument_group("unCLIP (a decoder trained with --clip ENCODER)")
+    u.add_argument("--prior", metavar="RUN", help="a prior (--model prior) of the decoder's encoder: each --prompt "
+                   "goes text -> prior -> image embedding -> decoder (--n images per prompt)")
+    u.add_argument("--prior-sampler", help="the prior's sampler (default: the prior run's)")
+    u.add_argument("--prior-steps", type=positive_int, help="the prior's sampler steps (default: the prior run's)")
+    u.add_argument("--prior-guidance", type=nonnegative_float, help="the prior's guidance scale (default: its "
+                   "cond.guidance)")
+    u.add_argument("--variations-of", nargs="+", metavar="IMAGE", help="decode each image's own embedding with new "
+                   "noise: --n variations of each")
+    u.add_argument("--interpolate", nargs=2, metavar=("IMAGE1", "IMAGE2"), help="decode --frames embeddings on the "
+                   "great circle between two images' embeddings, all with the same noise")
+    u.add_argument("--text-diff", nargs=2, metavar=("FROM", "TO"), help="with one --variations-of image: move its "
+                   "embedding from caption FROM towards caption TO (--frames steps up to --amount), same noise")
+    u.add_argument("--frames", type=positive_int, default=8, help="frames of --interpolate and --text-diff")
+    u.add_argument("--amount", type=float, default=0.5, help="--text-diff: how far towards TO (0..1; 0.5 by default)")
     s.set_defaults(fn=run_sample)
+
+
+UNCLIP_OPTIONS = ("prior", "variations_of", "interpolate", "text_diff")
+
+
+def unclip_asked(args) -> bool:
+    return any(getattr(args, k, None) for k in UNCLIP_OPTIONS)
+
+
+def unclip_request(args, run, prompts: list[str]) -> tuple[dict, dict]:
+    """(the ``Run.sample`` keywords of an unCLIP request: embeddings, labels, n, shared seed; what
+    the request records) for ``--prior`` / ``--variations-of`` / ``--interpolate`` / ``--text-diff``."""
+    import hashlib
+
+    from ..images import read_image
+    from ..runs import Run
+    from ..runs.unclip import Unclip
+
+    if args.class_ or args.image or args.negative_prompt:
+        raise ValueError("--class, --image and --negative-prompt do not apply to a decoder of embeddings: drop them")
+    asked = [k for k in ("variations_of", "interpolate") if getattr(args, k)] + (["prompt"] if prompts else [])
+    if len(asked) != 1:
+        given = ', '.join('--' + a.replace('_', '-') for a in asked)
+        raise ValueError("give one of --prompt (with --prior), --variations-of IMAGE... or --interpolate IMAGE1 IMAGE2 "
+                         f"to a decoder of embeddings (given: {given or 'none'})")
+    if prompts and not args.prior:
+        raise ValueError(f"a decoder of embeddings draws a prompt through a prior: add --prior RUN (a run trained with "
+                         f"`unblur train --model prior --clip {run.data.get('clip', {}).get('path', 'ENCODER')}`)")
+    if args.text_diff and (not args.variations_of or len(args.variations_of) != 1):
+        raise ValueError("--text-diff FROM TO moves one image's embedding: give exactly one --variations-of IMAGE")
+    prior = Run.load(args.prior, device=run.device) if args.prior else None
+    chain = Unclip(run, prior)
+    C, H, W = chain.clip.image_shape
+
+    def read(path: str):
+        p = Path(path)
+        x = read_image(p, channels=C, size=(H, W))[None]
+        return x, {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()[:16]}
+
+    record: dict = {}
+    if prompts:
+        z, labels = chain.from_prompts(prompts, args.n, sampler=args.prior_sampler, steps=args.prior_steps,
+                                       guidance=args.prior_guidance, seed=args.seed)
+        record["prior"] = {"run": str(Path(args.prior).resolve()), "sampler": args.prior_sampler,
+                           "steps": args.prior_steps, "guidance": args.prior_guidance}
+        return {"n": 1, "embeddings": z, "embedding_labels": labels, "shared_seed": False}, record
+    if args.interpolate:
+        (a, ra), (b, rb) = read(args.interpolate[0]), read(args.interpolate[1])
+        z, labels = chain.interpolation(a, b, args.frames, names=(args.interpolate[0], args.interpolate[1]))
+        record["interpolate"] = [ra, rb, args.frames]
+        return {"n": 1, "embeddings": z, "embedding_labels": labels, "shared_seed": True}, record
+    images = [read(p) for p in args.variations_of]
+    if args.text_diff:
+        (x, r), = images
+        z, labels = chain.text_diff(x, args.text_diff[0], args.text_diff[1], args.frames, amount=args.amount,
+                                    name=args.variations_of[0])
+        record["text_diff"] = [r, *args.text_diff, args.frames, args.amount]
+        return {"n": 1, "embeddings": z, "embedding_labels": labels, "shared_seed": True}, record
+    z, labels = chain.variations(torch_cat([x for x, _ in images]), names=args.variations_of)
+    record["variations_of"] = [r for _, r in images]
+    return {"n": args.n, "embeddings": z, "embedding_labels": labels, "shared_seed": False}, record
+
+
+def torch_cat(xs):
+    import torch
+
+    return torch.cat(xs)
 
 
 def read_prompts(args) -> list[str]:
@@ -101,13 +183,24 @@ def run_sample(args) -> int:
     run = Run.load(args.run, device=args.device)
     plan = run.plan(args.sampler, args.steps, args.grid)
     request = request_of(args, plan)
-    stream = run.sample(args.n, classes=args.class_ or [], prompts=request["prompts"],
+    kind = "generate"
+    if unclip_asked(args) or run.data.get("clip"):  # a decoder of embeddings: its contexts come from the chain
+        if not unclip_asked(args) and not request["prompts"]:
+            raise ValueError(f"{run.name} decodes image embeddings: give --prompt with --prior RUN, --variations-of "
+                             "IMAGE or --interpolate IMAGE1 IMAGE2")
+        chain, extra = unclip_request(args, run, request["prompts"])
+        request.update(extra)
+        kind = "unclip"
+        n, prompts = chain.pop("n"), []
+    else:
+        chain, n, prompts = {}, args.n, request["prompts"]
+    stream = run.sample(n, classes=args.class_ or [], prompts=prompts,
                         negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
                         sampler=plan.sampler, steps=plan.steps, grid=plan.grid, seed=args.seed, batch=args.batch,
-                        callback=lambda info: bar.update(1))  # the request is checked before a folder is touched
+                        callback=lambda info: bar.update(1), **chain)  # checked before a folder is touched
     out = Path(args.out) if args.out else default_out(args, plan, request)
     folder = SampleFolder(out, request, overwrite=args.overwrite)
-    again = reproduction(args, request["prompts"], stream.total)
+    again = reproduction(args, request["prompts"], stream.total) if kind == "generate" else {}
     apply_threads(args)  # the request is checked: the work starts
     try:
         batches = stream.starting_at(folder.done)
@@ -116,8 +209,8 @@ def run_sample(args) -> int:
         t0, made = time.time(), 0
         try:
             for b in batches:
-                folder.write(b, [text_chunks(settings_of(run, r, **again)) for r in b.records] if run.is_image
-                             else None)
+                folder.write(b, [text_chunks(settings_of(run, r, kind=kind, **again)) for r in b.records]
+                             if run.is_image else None)
                 made += len(b.x)
         except KeyboardInterrupt:
             bar.close()
@@ -160,8 +253,11 @@ def from_png(args) -> int:
     src = Path(args.from_png)
     s = read_settings(src, name=f"--from-png {str(src)}")
     if s.get("kind", "generate") != "generate":
-        raise ValueError(f"--from-png {str(src)!r} was made by {s['kind']} of an uploaded image, which the PNG does "
-                         "not hold: use unblur edit / unblur restore with its settings")
+        what = ("unCLIP from embeddings (a prior's draw or an image's), which the PNG does not hold: run the same "
+                "unblur sample command again" if s["kind"] == "unclip" else
+                f"{s['kind']} of an uploaded image, which the PNG does not hold: use unblur edit / unblur restore "
+                "with its settings")
+        raise ValueError(f"--from-png {str(src)!r} was made by {what}")
     ref = args.run or s["run"]
     run = Run.load(ref, device=args.device)
     if s.get("model_hash") and run.weights_sha256 != s["model_hash"]:

@@ -24,7 +24,12 @@ def add_parser(sub) -> None:
     t.add_argument("--blend-data", help="blend: the second data set mixed into the images")
     t.add_argument("--model", dest="model_kind", metavar="KIND",
                    help="unet | mlp | auto (the default: unet for images, mlp for vectors) | autoencoder (a KL "
-                   "autoencoder for latent diffusion; options: --set autoencoder.KEY=VALUE)")
+                   "autoencoder for latent diffusion; options: --set autoencoder.KEY=VALUE) | clip (a contrastive "
+                   "text-image encoder; --set clip.KEY=VALUE) | prior (diffusion over a clip run's image embeddings "
+                   "given its caption embeddings; needs --clip)")
+    t.add_argument("--clip", metavar="ENCODER", help="a contrastive encoder run (--model clip): condition a U-Net on "
+                   "its image embeddings (the unCLIP decoder), or train a --model prior on its embeddings "
+                   "(cond.clip)")
     t.add_argument("--latent", metavar="AE", help="diffuse in the latent space of this autoencoder: an unblur "
                    "autoencoder run or a diffusers AutoencoderKL / TAESD folder (the data is encoded once, cached)")
     t.add_argument("--embed-ae", action="store_true", help="with --latent: copy the autoencoder's weights into the "

@@ -8,7 +8,9 @@ A context is a ``Cond`` mapping with any of
 * ``"text"`` (B, L, D) and ``"text_mask"`` (B, L) bool from a frozen encoder (features cached on
   disk), or ``"text_ids"`` (B, L) and ``"text_mask"`` for the learned encoder; a row with every
   token masked out is the null caption;
-* ``"image"`` (B, C, H, W): a low-resolution copy resized to the model's size; zeros are null.
+* ``"image"`` (B, C, H, W): a low-resolution copy resized to the model's size; zeros are null;
+* ``"embedding"`` (B, D): a contrastive encoder's image embedding (a decoder) or text embedding
+  (a prior), ``cond.clip``; zeros are null.
 
 Every null has the same keys and shapes as a real context, so the conditional and unconditional
 halves of guidance run as one batch, and dropout (``cond.dropout``, drawn independently per kind
@@ -16,7 +18,7 @@ and per sample) replaces entries in place. See ``base`` for how to add a kind.
 """
 
 # isort: off
-from . import labels, text, image  # noqa: F401 - registers the kinds; their order is that of keys and draws
+from . import labels, text, image, embedding  # noqa: F401 - registers the kinds; their order is that of keys and draws
 # isort: on
 from .base import KINDS, Items, Kind, Requests, kind_of, register
 from .contexts import class_index, drop_cond, make_lowres, null_cond, upsample_to

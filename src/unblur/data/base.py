@@ -42,6 +42,7 @@ class Data(torch.utils.data.Dataset):
     captions: list[str | None] | None = None  # one per item, None where an item has none
     paths: list[str] | None = None  # one per item, for folders
     pixels: Tensor | None = None  # a latent set's images (x holds their latents): conditions made in pixels
+    embeddings: Tensor | None = None  # (N, E) per-item vectors a run conditions on (cond.clip), made before training
     distribution: Any = None  # the known density (a Toy2D) for builtin:toy2d sets
     notes: list[str] = field(default_factory=list)  # what was assumed or skipped, for summary()
 
@@ -52,7 +53,7 @@ class Data(torch.utils.data.Dataset):
         if self.x.ndim != want:
             raise ValueError(f"{self.kind} data needs a {want}-D x, got shape {tuple(self.x.shape)}")
         n = len(self.x)
-        for name in ("labels", "captions", "paths"):
+        for name in ("labels", "captions", "paths", "embeddings"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries for {n} items")
@@ -112,6 +113,8 @@ class Data(torch.utils.data.Dataset):
             labels=None if self.labels is None else self.labels[index],
             captions=None if self.captions is None else [self.captions[i] for i in idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
+            pixels=None if self.pixels is None else self.pixels[index],
+            embeddings=None if self.embeddings is None else self.embeddings[index],
             notes=list(self.notes),
         )
 

@@ -25,6 +25,8 @@ class MLPConfig:
     layer_norm: bool = True  # LayerNorm at the start of every residual block
     dropout: float = 0.0  # dropout probability inside the residual blocks
     out_dim: int | None = None  # output size; None = dim
+    cond_dim: int = 0  # width of cond["embedding"] (B, cond_dim): concatenated to the input and added to the
+    #   noise embedding (a diffusion prior's text embedding); 0 = none. Zeros are the null condition.
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden", "depth", "embed_dim"):
@@ -51,7 +53,7 @@ class _MLPBlock(nn.Module):
 
 
 class MLPDenoiserNet(nn.Module):
-    """``net(x_in (B, D), c_noise (B,), cond=None) -> (B, out_dim)``; ``cond`` may hold "class"."""
+    """``net(x_in (B, D), c_noise (B,), cond=None) -> (B, out_dim)``; ``cond`` may hold "class" and "embedding"."""
 
     def __init__(self, cfg: MLPConfig) -> None:
         super().__init__()
@@ -62,7 +64,8 @@ class MLPDenoiserNet(nn.Module):
         )
         self.emb_mlp = nn.Sequential(nn.Linear(cfg.embed_dim, H), nn.SiLU(), nn.Linear(H, H))
         self.class_embed = nn.Embedding(cfg.num_classes + 1, H) if cfg.num_classes else None
-        self.input = nn.Linear(cfg.dim, H)
+        self.cond_embed = nn.Linear(cfg.cond_dim, H) if cfg.cond_dim else None
+        self.input = nn.Linear(cfg.dim + cfg.cond_dim, H)
         self.blocks = nn.ModuleList(
             _MLPBlock(H, layer_norm=cfg.layer_norm, dropout=cfg.dropout) for _ in range(cfg.depth)
         )
@@ -87,6 +90,13 @@ class MLPDenoiserNet(nn.Module):
             if labels is None:
                 labels = torch.full((B,), self.cfg.num_classes, dtype=torch.long, device=x_in.device)
             emb = emb + self.class_embed(labels)
+        if self.cond_embed is not None:
+            e = (cond or {}).get("embedding")
+            if e is None:
+                e = x_in.new_zeros(B, self.cfg.cond_dim)
+            e = e.to(x_in.dtype)
+            emb = emb + self.cond_embed(e)
+            x_in = torch.cat([x_in, e], dim=1)  # (B, D + cond_dim)
         emb = F.silu(emb)
         h = self.input(x_in)  # (B, H)
         for block in self.blocks:

@@ -14,7 +14,7 @@ from ..types import DataInfo, Denoiser, Process
 from ..utils import choice_error
 
 PROCESSES = ("edm", "vp", *COLD_PROCESSES)
-MODELS = ("auto", "unet", "mlp", "autoencoder")
+MODELS = ("auto", "unet", "mlp", "autoencoder", "clip", "prior")
 
 
 def build_process(cfg: Config, data_info: DataInfo | None = None) -> Process:
@@ -59,7 +59,8 @@ def data_info_of(data) -> DataInfo:
 
 def build_net(cfg: Config, data_info: DataInfo) -> nn.Module:
     """The raw network (U-Net or MLP) for the data, with the conditioning inputs ``cfg.cond`` asks for;
-    for ``model.kind=autoencoder`` the ``AutoencoderKL`` of ``cfg.autoencoder`` (not a ``Net``)."""
+    for ``model.kind=autoencoder`` the ``AutoencoderKL`` of ``cfg.autoencoder`` and for ``clip`` the
+    contrastive ``ClipModel`` (neither a ``Net``); for ``prior`` the MLP with an embedding input."""
     from ..nets import MLPConfig, MLPDenoiserNet, default_unet_config
 
     m = cfg.model
@@ -73,6 +74,18 @@ def build_net(cfg: Config, data_info: DataInfo) -> nn.Module:
         from ..pipelines.autoencoder import build_autoencoder
 
         return build_autoencoder(cfg, data_info.shape)
+    if kind == "clip":
+        from ..pipelines.unclip import build_clip
+
+        return build_clip(cfg, data_info)
+    if kind == "prior":  # the residual MLP over sqrt(E)-scaled image embeddings, given the text embedding
+        if is_image:
+            raise ValueError("model.kind=prior diffuses embeddings; its data are the encoder's image embeddings")
+        from ..conditioning.embedding import embedding_dim
+
+        embed_scale = 250.0 if cfg.process.kind == "edm" else 1.0
+        return MLPDenoiserNet(MLPConfig(dim=data_info.shape[0], hidden=m.hidden, depth=m.depth, dropout=m.dropout,
+                                        noise_embed_scale=embed_scale, cond_dim=embedding_dim(data_info)))
     if kind == "auto":
         kind = "unet" if is_image else "mlp"
     if kind == "unet" and not is_image:

@@ -38,7 +38,7 @@ def settings_of(run, record: dict[str, Any], *, kind: str = "generate", size: tu
     if len(size) != 2:
         raise ValueError(f"{run.name} makes vectors of shape {tuple(run.image_shape)}, not images: no PNG settings")
     keep = ("prompt", "negative_prompt", "class", "class_name", "guidance", "sampler", "steps", "grid", "seed",
-            "strength", "method", "level", "index")
+            "strength", "method", "level", "index", "embedding_of")
     out = {"unblur": __version__, "kind": kind, "run": run.ref, "model_hash": run.weights_sha256,
            "size": [int(size[0]), int(size[1])]}
     out.update({k: record[k] for k in keep if record.get(k) is not None})

@@ -61,6 +61,7 @@ class SampleStream:
     batch: int
     start: int = 0
     callback: Callback | None = None
+    shared_seed: bool = False  # every sample uses ``seed`` (the same noise: an interpolation strip)
 
     @property
     def total(self) -> int:
@@ -107,6 +108,11 @@ class Run(Editing):
         state, cfg, info = load_model(path / MODEL_FILE if path.is_dir() else path)
         if cfg.model.kind == "autoencoder":
             raise ValueError(autoencoder_refusal(path, cfg, info))
+        if cfg.model.kind == "clip":
+            raise ValueError(f"{str(path)!r} is a contrastive encoder run (images and captions -> "
+                             f"{cfg.clip.embed_dim}-wide embeddings): it does not sample; a prior (--model prior "
+                             f"--clip {str(path)!r}) and a decoder (--clip {str(path)!r}) are trained with it, and "
+                             "`unblur eval --clip` scores images with it")
         dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         net = build_net(cfg, info)
         net.load_state_dict(state)
@@ -201,13 +207,15 @@ class Run(Editing):
 
     def requests(self, *, classes: Sequence[str | int] = (), prompts: Sequence[str] = (),
                  negative_prompt: str | None = None, image: str | Path | None = None,
-                 guidance: float | None = None):
+                 guidance: float | None = None, embeddings: Tensor | None = None,
+                 embedding_labels: Sequence[str] | None = None):
         """The contexts a sampling request asks for (``unblur.conditioning.SampleContext``)."""
         from ..conditioning import SampleContext
 
         return SampleContext(self.config, self.data, self.net, self.device, classes=list(classes),
                              prompts=list(prompts), negative=negative_prompt,
-                             image=None if image is None else str(image), guidance=guidance, run=self.name)
+                             image=None if image is None else str(image), guidance=guidance, run=self.name,
+                             embeddings=embeddings, embedding_labels=embedding_labels)
 
     def generate(self, n: int, *, plan: SamplingPlan, cond: Cond = None, uncond: Cond = None,
                  guidance: float = 1.0, generator: Generator = None, callback: Callback | None = None) -> Tensor:
@@ -221,8 +229,11 @@ class Run(Editing):
     def sample(self, n: int = 16, *, classes: Sequence[str | int] = (), prompts: Sequence[str] = (),
                negative_prompt: str | None = None, image: str | Path | None = None, guidance: float | None = None,
                sampler: str | None = None, steps: int | None = None, grid: str | None = None, seed: int = 0,
-               batch: int = 64, start: int = 0, callback: Callback | None = None) -> SampleStream:
-        """Samples for every combination of the given classes and prompts (``n`` each), batch by
+               batch: int = 64, start: int = 0, callback: Callback | None = None, embeddings: Tensor | None = None,
+               embedding_labels: Sequence[str] | None = None, shared_seed: bool = False) -> SampleStream:
+        """Samples for every combination of the given classes, prompts and embeddings (``n`` each;
+        ``embeddings`` (K, E): a decoder's or prior's conditioning vectors, ``embedding_labels``
+        what each is, for the records; ``runs.unclip`` makes them), batch by
         batch: sample i uses seed ``seed + i`` whatever the batch, and each batch is yielded
         (on the CPU) before the next is made, so a caller never holds more than one.
 
@@ -237,8 +248,9 @@ class Run(Editing):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         plan = self.plan(sampler, steps, grid)
         ctx = self.requests(classes=classes, prompts=prompts, negative_prompt=negative_prompt, image=image,
-                            guidance=guidance)
-        return SampleStream(self, plan, ctx, ctx.requests(n), seed=seed, batch=batch, start=start, callback=callback)
+                            guidance=guidance, embeddings=embeddings, embedding_labels=embedding_labels)
+        return SampleStream(self, plan, ctx, ctx.requests(n), seed=seed, batch=batch, start=start, callback=callback,
+                            shared_seed=shared_seed)
 
     def _batches(self, stream: SampleStream, start: int) -> Iterator[SampleBatch]:
         plan, ctx, reqs, seed = stream.plan, stream.ctx, stream.requests, stream.seed
@@ -246,7 +258,8 @@ class Run(Editing):
             raise ValueError(f"start must lie in 0..{len(reqs)}, got {start}")
         for first in range(start, len(reqs), stream.batch):
             chunk = reqs[first : first + stream.batch]
-            gens = seeded_generators(range(seed + first, seed + first + len(chunk)), device=self.device)
+            seeds = [seed] * len(chunk) if stream.shared_seed else list(range(seed + first, seed + first + len(chunk)))
+            gens = seeded_generators(seeds, device=self.device)
             cond, uncond = ctx.cond(chunk)
             x = self.generate(len(chunk), plan=plan, cond=cond, uncond=uncond, guidance=ctx.guidance,
                               generator=gens, callback=stream.callback)
@@ -255,7 +268,7 @@ class Run(Editing):
             if bad:
                 raise ValueError(f"{bad} of {len(x)} samples ({first}..{first + len(x) - 1}) hold NaN or infinite "
                                  f"values: {self.name}'s weights may be damaged or its training diverged")
-            records = [{"index": first + i, "seed": seed + first + i, "sampler": plan.sampler, "steps": plan.steps,
+            records = [{"index": first + i, "seed": seeds[i], "sampler": plan.sampler, "steps": plan.steps,
                         "grid": plan.grid, **ctx.record(r)} for i, r in enumerate(chunk)]
             yield SampleBatch(first, x.float().cpu(), records, len(reqs))
 

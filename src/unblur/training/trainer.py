@@ -47,6 +47,7 @@ from ..types import DataInfo
 from ..utils import atomic_write_bytes, read_jsonl, resolve_device, seeded_generators
 from .autoencoder import AutoencoderTraining, describe_autoencoder
 from .cold import restoration_metrics
+from .contrastive import ContrastiveTraining, describe_clip
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
 
@@ -325,8 +326,8 @@ def default_conditioning(cfg: Config, data: Data, explicit: set[str] | None) -> 
     from ..config import GAUSSIAN_PROCESSES
 
     if explicit is None or data.kind != "image" or cfg.process.kind not in GAUSSIAN_PROCESSES or \
-            cfg.model.kind == "autoencoder":
-        return cfg
+            cfg.model.kind in ("autoencoder", "clip", "prior") or cfg.cond.clip:
+        return cfg  # a decoder of embeddings takes its captions or classes only when asked
     changes: dict[str, Any] = {}
     if "cond.text_encoder" not in explicit and data.has_captions:
         changes["text_encoder"] = text_encoder_default()
@@ -349,6 +350,13 @@ def describe_conditioning(cfg: Config, data: Data) -> str:
     if c.image != "none":
         used.append(f"a {c.superres_factor}x lower-resolution copy ({c.image})")
         flags.append("--image")
+    if c.clip:
+        if cfg.model.kind == "prior":
+            used.append(f"the caption embeddings of the encoder {c.clip}")
+            flags.append("prompts through `unblur sample DECODER --prior`")
+        else:
+            used.append(f"the image embeddings of the encoder {c.clip} ({c.clip_tokens} context tokens)")
+            flags.append("--prior / --variations-of / --interpolate")
     unused = [(what, key) for what, key, on in (
         (f"{data.num_classes} classes", "cond.classes", data.num_classes >= 2 and not c.classes),
         ("captions", "cond.text_encoder", data.has_captions and not text_encoder_on(cfg))) if on]
@@ -441,6 +449,8 @@ class Trainer:
             cfg = replace(cfg, data=replace(cfg.data, source=absolute_source(cfg.data.source)))
             if cfg.data.latent:  # recorded absolute, so the run finds its autoencoder from anywhere
                 cfg = replace(cfg, data=replace(cfg.data, latent=str(Path(cfg.data.latent).expanduser().resolve())))
+            if cfg.cond.clip:  # the same for a decoder's or a prior's contrastive encoder
+                cfg = replace(cfg, cond=replace(cfg.cond, clip=str(Path(cfg.cond.clip).expanduser().resolve())))
         self.cfg = cfg
         t = cfg.train
         if t.threads:
@@ -463,13 +473,25 @@ class Trainer:
                 recorded=recorded, say=self.say)
             if cfg.data.embed_ae and self.dist.main:
                 self.say(f"embedded a copy of the autoencoder in {embed(self.latent.ae, self.out)}")
+        self.clip_record = None  # a prior's or decoder's contrastive encoder (DataInfo.clip)
+        if cfg.cond.clip:
+            from ..pipelines.unclip import attach_image_embeddings, prior_training_data
+
+            recorded = (state.get("data_info") or {}).get("clip") if state is not None else None
+            if cfg.model.kind == "prior":
+                enc, self.data = prior_training_data(self.data, cfg.cond.clip, device=self.device, recorded=recorded,
+                                                     cache=self.out, say=self.say)
+            else:
+                enc, self.data = attach_image_embeddings(self.data, cfg.cond.clip, device=self.device,
+                                                         recorded=recorded, say=self.say)
+            self.clip_record = enc.record("prior" if cfg.model.kind == "prior" else "decoder")
         if state is None:  # a resumed run keeps its own contexts and network
             cfg = default_conditioning(cfg, self.data, explicit)
             self.cfg = cfg
-        ae = cfg.model.kind == "autoencoder"
+        ae = cfg.model.kind in ("autoencoder", "clip")  # trained on images alone, with a loss of its own
         if ae and self.data.kind != "image":
-            raise ValueError(f"model.kind=autoencoder needs image data, but {cfg.data.source!r} holds vectors")
-        if not ae:  # an autoencoder has no conditioning (config.validate refuses it)
+            raise ValueError(f"model.kind={cfg.model.kind} needs image data, but {cfg.data.source!r} holds vectors")
+        if not ae:  # an autoencoder or encoder has no conditioning (config.validate refuses it)
             self.say(describe_conditioning(cfg, self.data))
         if cfg.data.shift and self.data.kind == "image":
             side = min(self.data.image_size)
@@ -482,7 +504,12 @@ class Trainer:
             self.cfg = cfg
         self.conditioner = Conditioner(cfg, self.data, self.out, self.device, progress=progress and self.dist.main)
         self.data_info = replace(data_info_of(self.data), **self.conditioner.info,
-                                 latent=self.latent.record(embedded=cfg.data.embed_ae) if self.latent else None)
+                                 latent=self.latent.record(embedded=cfg.data.embed_ae) if self.latent else None,
+                                 clip=self.clip_record)
+        if cfg.model.kind == "clip":  # the width of the caption features its text tower reads
+            from ..pipelines.unclip import clip_text_dim
+
+            self.data_info = replace(self.data_info, text_dim=clip_text_dim(cfg))
         if state is not None and data is None:  # data loaded from the run's config: it must be the run's
             check_same_data(state.get("data_info") or {}, self.data_info, cfg.data.source)
         self.process = build_process(cfg, self.data_info)
@@ -497,6 +524,8 @@ class Trainer:
         self._build_model()
         if self.autoencoder is not None:
             self.say(describe_autoencoder(self.net, self.autoencoder, cfg.autoencoder, how))
+        elif self.contrastive is not None:
+            self.say(describe_clip(self.net, self.contrastive))
         else:
             self.say(describe_model(self.data_info, self.net, self.device, how))
         self.step, self.nimg = 0, 0
@@ -512,10 +541,11 @@ class Trainer:
             truncate_metrics(self.out / "metrics.jsonl", self.step)
         self.progress = progress and self.dist.main
         self.x_all = self.data.x.to(self.device)
-        self.x_held = None  # an autoencoder's held-out images; it trains on the rest
-        if self.autoencoder is not None:
-            self.x_held = self.x_all[self.autoencoder.held_idx.to(self.device)]
-            self.x_all = self.x_all[self.autoencoder.train_idx.to(self.device)]
+        self.x_held = None  # an autoencoder's or encoder's held-out images; it trains on the rest
+        split = self.autoencoder or self.contrastive
+        if split is not None:
+            self.x_held = self.x_all[split.held_idx.to(self.device)]
+            self.x_all = self.x_all[split.train_idx.to(self.device)]
         self._evaluated = self.step if state is not None else -1  # the step whose held-out metrics are logged
 
     def say(self, line: str) -> None:
@@ -557,11 +587,16 @@ class Trainer:
         self.net = net
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
         self.autoencoder: AutoencoderTraining | None = None
+        self.contrastive: ContrastiveTraining | None = None
         loss_module: nn.Module
         if cfg.model.kind == "autoencoder":  # its own loss (and discriminator): training/autoencoder.py
             self.autoencoder = AutoencoderTraining(cfg, net, self.data.x, device=self.device,
                                                    autocast=self._autocast, world=self.dist.world)
             loss_module = self.autoencoder.loss
+        elif cfg.model.kind == "clip":  # InfoNCE over image-caption pairs: training/contrastive.py
+            self.contrastive = ContrastiveTraining(cfg, net, self.data, self.out, self.device,
+                                                   progress=self.dist.main and self._report is not None)
+            loss_module = self.contrastive.loss
         else:
             self.model = build_denoiser(cfg, net, self.process)
             o = cfg.objective
@@ -625,6 +660,9 @@ class Trainer:
             return
         atomic_write_bytes(self.out / CONFIG_FILE, self.cfg.to_json().encode())
         extra = self._autoencoder_export() if self.autoencoder is not None else None
+        if self.contrastive is not None and self.step != self._evaluated:
+            self._log({"step": self.step, **self.contrastive.heldout_metrics(self.ema, self.x_held)})
+            self._evaluated = self.step
         save_model(self.out / MODEL_FILE, self.ema.state_dict(), self.cfg, self.data_info, step=self.step,
                    extra=extra)
         state = {
@@ -678,8 +716,8 @@ class Trainer:
         """Write a grid of samples from the EMA network (restorations of fully degraded data
         where the process has no image-free start) and, for restorers, log their PSNR/SSIM;
         for an autoencoder, held-out images beside their reconstructions."""
-        if not self.dist.main or self.cfg.sample.grid_n <= 0:
-            return None
+        if not self.dist.main or self.cfg.sample.grid_n <= 0 or self.contrastive is not None:
+            return None  # an encoder draws nothing
         if self.autoencoder is not None:
             path = self.out / "samples" / f"step-{self.step:08d}.png"
             save_png(self.autoencoder.grid(self.ema, self.x_held, self.x_all, self.cfg.sample.grid_n), path)
@@ -733,9 +771,10 @@ class Trainer:
         total = 0.0
         micro = idx.chunk(t.grad_accum)
         ae, parts, pairs = self.autoencoder, {}, []  # an autoencoder's loss terms and (real, reconstructed) batches
+        clip = self.contrastive
         for k, mi in enumerate(micro):
             x0 = self.x_all[mi.to(self.device)]
-            cond = self.conditioner.items(mi.to(self.device)) if ae is None else None
+            cond = self.conditioner.items(mi.to(self.device)) if ae is None and clip is None else None
             x0, cond = augment(x0, cond, gen, hflip=self.cfg.data.hflip, shift=self.cfg.data.shift)
             if self.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
@@ -747,6 +786,13 @@ class Trainer:
                     per_image, x_hat, terms = self.loss_module(x0, gen, adversarial=ae.adversarial(self.step))
                     loss = per_image.mean()
                 pairs.append((x0, x_hat))
+                for key, v in terms.items():
+                    parts[key] = parts.get(key, 0.0) + v.item() / len(micro)
+            elif clip is not None:  # image-caption pairs: the other pairs of the micro-batch are the negatives
+                text, mask = clip.batch(mi.to(self.device))
+                with sync, self._autocast():
+                    per_pair, terms = self.loss_module(x0, text, mask)
+                    loss = per_pair.mean()
                 for key, v in terms.items():
                     parts[key] = parts.get(key, 0.0) + v.item() / len(micro)
             else:
@@ -770,6 +816,8 @@ class Trainer:
                 "lower train.lr or enable train.grad_clip"
             )
         self.opt.step()
+        if clip is not None:
+            self.net.clamp_()  # the temperature stays in its bounds
         if ae is not None and ae.adversarial(self.step):
             parts.update(ae.discriminator_step(pairs, lr, t.grad_clip))
         self.nimg += t.batch_size

@@ -1,0 +1,104 @@
+"""What the trainer does differently for ``model.kind = clip``: the symmetric InfoNCE loss over
+image-caption pairs with a learned temperature (Radford et al. 2021), a held-out split, and its
+retrieval and zero-shot metrics.
+
+Caption features are computed once per distinct caption by the frozen encoder
+(``clip.text_encoder``, MiniLM by default; cached in the run folder) and mean-pooled; with
+``clip.text_encoder=learned`` the token ids go through a learned transformer trained with the
+rest. The logit scale is clamped to [1, ``clip.max_logit_scale``] after every step.
+
+Metrics on the held-out pairs (``metrics.jsonl``, at every checkpoint): text->image and
+image->text top-1 retrieval among the held-out pairs (a hit is an item with the query's own
+caption, so repeated captions count), and, where the data has class names, zero-shot
+classification: each image takes the class whose prompt "a NAME" embeds nearest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config
+from ..nets.clip import ClipModel
+from ..objectives import info_nce
+from ..pipelines.unclip import caption_inputs
+from .autoencoder import holdout_split
+
+EVAL_BATCH = 256
+
+
+class ContrastiveLoss(nn.Module):
+    """``forward(x, text, mask) -> (per-pair loss (B,), terms)`` (one module for DistributedDataParallel)."""
+
+    def __init__(self, model: ClipModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, text: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        img, txt, scale = self.model(x, text, mask)
+        loss = info_nce(img, txt, scale)
+        with torch.no_grad():
+            hits = (img @ txt.T).argmax(1) == torch.arange(len(img), device=img.device)
+        return loss, {"logit_scale": scale.detach(), "batch_top1": hits.float().mean()}
+
+
+class ContrastiveTraining:
+    """The split, the caption inputs of every pair and the held-out metrics of an encoder run."""
+
+    def __init__(self, cfg: Config, net: ClipModel, data, out, device: torch.device, *, progress: bool):
+        if data.kind != "image":
+            raise ValueError(f"model.kind=clip needs images with captions, but {data.source!r} holds vectors")
+        captions = data.captions or []
+        missing = sum(1 for c in captions if not c) if captions else len(data)
+        if missing:
+            raise ValueError(f"model.kind=clip learns from image-caption pairs, but {missing} of {len(data)} images of "
+                             f"{data.source!r} have no caption: give each a same-stem .txt file or a metadata.jsonl "
+                             "line (file_name, text), or use builtin:shapes")
+        self.cfg, self.net, self.device = cfg, net, device
+        self.train_idx, self.held_idx = holdout_split(len(data), cfg.clip.holdout, cfg.train.seed)
+        text, mask = caption_inputs(cfg, captions, device=device, cache=out, progress=progress)
+        self.text_train, self.mask_train = text[self.train_idx].to(device), mask[self.train_idx].to(device)
+        self.text_held, self.mask_held = text[self.held_idx].to(device), mask[self.held_idx].to(device)
+        self.captions_held = [captions[i] for i in self.held_idx.tolist()]
+        self.labels_held = data.labels[self.held_idx] if data.labels is not None and data.class_names else None
+        self.class_names = list(data.class_names or [])
+        self.class_text = None  # the zero-shot prompts' inputs, made once
+        if self.labels_held is not None and len(self.class_names) >= 2:
+            t, m = caption_inputs(cfg, [f"a {name}" for name in self.class_names], device=device)
+            self.class_text = (t.to(device), m.to(device))
+        self.loss = ContrastiveLoss(net)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The caption inputs of the training pairs ``idx`` (indices into the training split)."""
+        return self.text_train[idx], self.mask_train[idx]
+
+    @torch.no_grad()
+    def heldout_metrics(self, model: ClipModel, x_held: Tensor) -> dict[str, float]:
+        img = torch.cat([model.embed_images(c) for c in x_held.split(EVAL_BATCH)])
+        txt = torch.cat([model.embed_texts(t, m) for t, m in zip(self.text_held.split(EVAL_BATCH),
+                                                                  self.mask_held.split(EVAL_BATCH))])
+        sim = img @ txt.T  # (N, N): image i against caption j
+        caps = self.captions_held
+        t2i = sim.argmax(0).tolist()  # per caption, the nearest image
+        i2t = sim.argmax(1).tolist()  # per image, the nearest caption
+        n = len(caps)
+        out = {"heldout_t2i_top1": sum(caps[j] == caps[k] for k, j in zip(range(n), t2i)) / n,
+               "heldout_i2t_top1": sum(caps[i] == caps[j] for i, j in enumerate(i2t)) / n,
+               "heldout_pair_cosine": float(sim.diagonal().mean()),
+               "logit_scale": float(model.scale())}
+        if self.class_text is not None:
+            cls = model.embed_texts(*self.class_text)  # (K, E)
+            pred = (img @ cls.T).argmax(1).cpu()
+            out["heldout_zero_shot"] = float((pred == self.labels_held).float().mean())
+        return out
+
+
+def describe_clip(net: ClipModel, tr: ContrastiveTraining) -> str:
+    from ..nets import count_parameters
+
+    c = net.cfg
+    text = "a learned text encoder" if c.learned_text else f"{tr.cfg.clip.text_encoder} caption features (frozen)"
+    return (f"model: contrastive encoder (CLIP), CNN widths {','.join(map(str, c.widths))} -> {c.embed_dim}-wide "
+            f"embeddings; captions through {text}; temperature {c.temperature:g} learned, logit scale at most "
+            f"{c.max_logit_scale:g}; {count_parameters(net) / 1e6:.2f} M parameters; {len(tr.held_idx)} pairs held "
+            "out for retrieval and zero-shot accuracy")
