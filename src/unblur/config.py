@@ -181,7 +181,10 @@ class ClipConfig:
     embed_dim: int = 64  # width of the shared embedding
     widths: tuple[int, ...] = (32, 64, 128)  # CNN width per level (each level halves the image)
     text_encoder: str = "minilm"  # caption features: minilm | learned | PATH or hub id of an HF encoder (frozen)
-    text_hidden: int = 256  # width of the caption projection's hidden layer
+    text_hidden: int = 256  # width of the caption projection's hidden layer (text_head=mlp)
+    text_head: str = "mlp"  # the caption projection: mlp (one hidden layer) | linear
+    token_dropout: float = 0.0  # training: each caption token leaves the pooled mean with this probability
+    #   (one always stays), so single words and new combinations of them get embeddings of their own
     temperature: float = 0.07  # initial temperature (logit scale 1 / temperature, learned)
     max_logit_scale: float = 100.0  # the learned logit scale is clamped to [1, this] (CLIP's bound)
     holdout: float = 0.05  # fraction of the pairs held out (seeded by train.seed) for retrieval and zero-shot
@@ -456,6 +459,8 @@ RULES: dict[str, Rule] = {
     "clip.widths": _each(_at_least(1), what="one width per level (e.g. 32,64,128)"),
     "clip.text_encoder": _nonempty("minilm | learned | a folder or hub id of an encoder"),
     "clip.text_hidden": _at_least(1),
+    "clip.text_head": _one_of("mlp", "linear"),
+    "clip.token_dropout": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
     "clip.temperature": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
     "clip.max_logit_scale": _at_least(1),
     "clip.holdout": Rule(lambda v: 0 < v <= 0.5, "in (0, 0.5]"),

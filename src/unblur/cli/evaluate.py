@@ -32,6 +32,16 @@ def add_parser(sub) -> None:
     e.add_argument("--level", dest="restore_level", type=float,
                    help="psnr/ssim of a cold run: degrade held-out images to this level, then restore (default 0.5)")
     e.add_argument("--json", help="write the report here")
+    c = e.add_argument_group("prompt fidelity: the CLIP score (and the shapes checker) of --n images per prompt "
+                             "(default 8)")
+    c.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt to make --n images of (repeatable); "
+                   "with prompts, eval reports the CLIP score instead of the data metrics")
+    c.add_argument("--prompt-file", metavar="FILE", help="a text file with one prompt per line")
+    c.add_argument("--clip", metavar="ENCODER", help="the contrastive encoder run that scores image-prompt pairs "
+                   "(default: the decoder's own encoder)")
+    c.add_argument("--prior", metavar="RUN", help="the prior, when RUN is an unCLIP decoder (trained with --clip)")
+    c.add_argument("--guidance", type=float, help="guidance scale of the images (default: the run's)")
+    c.add_argument("--prior-guidance", type=float, help="the prior's guidance scale (default: the prior run's)")
     e.set_defaults(fn=run_eval)
 
     s = sub.add_parser("sweep", help="sample quality against NFE and wall time, for several samplers")
@@ -110,6 +120,12 @@ def run_eval(args) -> int:
 
     run = Run.load(args.run, device=args.device)
     plan = run.plan(args.sampler, args.steps, args.grid)
+    if args.prompt or args.prompt_file:
+        return run_prompt_eval(args, run, plan)
+    for flag in ("clip", "prior", "guidance", "prior_guidance"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to the CLIP score of images made from prompts: "
+                             "give --prompt or --prompt-file")
     real = load_real(args, run)
     settings = _settings(args, run, sampler=plan.sampler, steps=plan.steps, grid=plan.grid)
     apply_threads(args)
@@ -119,6 +135,64 @@ def run_eval(args) -> int:
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
     print(summarize(report))
+    if args.json:
+        print(f"report: {args.json}")
+    return 0
+
+
+def run_prompt_eval(args, run, plan) -> int:
+    """Make --n images per prompt (through the prior and decoder for an unCLIP decoder, else with
+    the run's own caption conditioning) and report their CLIP score and shapes-checker accuracy."""
+    import torch
+
+    from ..eval.prompts import prompt_report, summarize_prompts
+    from ..pipelines.unclip import load_clip
+    from ..runs import Run
+    from ..runs.unclip import Unclip
+    from ..text.encoders import check_prompts
+    from ..utils import atomic_write_bytes
+    from .sample import read_prompts
+
+    prompts = check_prompts(read_prompts(args))
+    n = args.n or 8
+    apply_threads(args)
+    rec = run.data.get("clip")
+    if rec and rec.get("role") != "prior":  # an unCLIP decoder: text -> prior -> embeddings -> images
+        if not args.prior:
+            raise ValueError(f"{run.name} draws images of image embeddings: give the prior that turns prompts into "
+                             "them (--prior RUN)")
+        chain = Unclip(run, Run.load(args.prior, device=run.device))
+        z, labels = chain.from_prompts(prompts, n, guidance=args.prior_guidance, seed=args.seed)
+        stream = run.sample(1, embeddings=z, embedding_labels=labels, guidance=args.guidance, sampler=plan.sampler,
+                            steps=plan.steps, grid=plan.grid, seed=args.seed, batch=args.batch)
+        clip = load_clip(args.clip, device=run.device) if args.clip else chain.clip
+    else:
+        if not args.clip:
+            raise ValueError("--clip ENCODER names the contrastive encoder run (unblur train --model clip) that "
+                             "scores the images against their prompts")
+        if args.prior:
+            raise ValueError(f"--prior applies to an unCLIP decoder (trained with --clip), and {run.name} is not one")
+        stream = run.sample(n, prompts=prompts, guidance=args.guidance, sampler=plan.sampler, steps=plan.steps,
+                            grid=plan.grid, seed=args.seed, batch=args.batch)
+        clip = load_clip(args.clip, device=run.device)
+    C, H, W = clip.image_shape
+    if tuple(run.image_shape) != (C, H, W):
+        made = "x".join(map(str, run.image_shape))
+        raise ValueError(f"the encoder {str(clip.path)!r} reads {C}x{H}x{W} images, but {run.name} makes {made} "
+                         "images: give an encoder trained on images of that size")
+    from tqdm import tqdm
+
+    xs = []
+    with tqdm(total=n * len(prompts), desc="images", unit="img") as bar:
+        for b in stream:
+            xs.append(b.x)
+            bar.update(len(b.x))
+    report = prompt_report(clip, torch.cat(xs), [p for p in prompts for _ in range(n)], seed=args.seed)
+    report.update(run=str(args.run), prompts=len(prompts), per_prompt=n, sampler=plan.sampler, steps=plan.steps,
+                  prior=str(args.prior) if args.prior else None)
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
+    print(summarize_prompts(report))
     if args.json:
         print(f"report: {args.json}")
     return 0

@@ -14,6 +14,9 @@ def add_parser(sub) -> None:
     s = sub.add_parser("serve", help="a web page over runs: generate, edit, restore, live denoising")
     s.add_argument("run", nargs="*", help="run folders or builtin:NAME (default: the built-in runs: builtin:digits, "
                    "builtin:shapes, builtin:blur)")
+    s.add_argument("--prior", action="append", default=[], metavar="RUN",
+                   help="a prior (unblur train --model prior --clip ENCODER) for the served unCLIP decoders of the "
+                   "same encoder: their prompts go through it (repeatable, one per encoder)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback is reachable from "
                    "other machines, and the page has no accounts (see --token)")
     s.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -41,6 +44,28 @@ def run_names(refs: list[str]) -> dict[str, str]:
     return out
 
 
+def match_priors(runs: dict, priors: list) -> dict:
+    """Each prior to the served unCLIP decoders of its encoder (by the encoder's sha256)."""
+    out: dict = {}
+    decoders = {name: run.data.get("clip") for name, run in runs.items()
+                if (run.data.get("clip") or {}).get("role") == "decoder"}
+    for prior in priors:
+        rec = prior.data.get("clip") or {}
+        if rec.get("role") != "prior":
+            raise ValueError(f"--prior {prior.ref}: not a prior (train one with `unblur train --model prior --clip "
+                             "ENCODER`)")
+        mine = [name for name, d in decoders.items() if d.get("sha256") == rec.get("sha256")]
+        if not mine:
+            served = ", ".join(f"{n} ({d.get('path')})" for n, d in decoders.items()) or "none"
+            raise ValueError(f"--prior {prior.ref} was trained with the encoder {rec.get('path')!r}, and no served "
+                             f"decoder was (the served unCLIP decoders and their encoders: {served})")
+        for name in mine:
+            if name in out:
+                raise ValueError(f"two priors for {name!r} ({out[name].ref} and {prior.ref}): give one per encoder")
+            out[name] = prior
+    return out
+
+
 def run_serve(args) -> int:
     try:
         import uvicorn
@@ -62,13 +87,16 @@ def run_serve(args) -> int:
     for name, ref in names.items():
         runs[name] = Run.load(ref, device=args.device)
         print(f"loaded {ref} as {name!r} ({runs[name].device})", file=sys.stderr)
+    priors = match_priors(runs, [Run.load(p, device=args.device) for p in args.prior])
+    for name, prior in priors.items():
+        print(f"prompts of {name!r} go through the prior {prior.ref}", file=sys.stderr)
     if args.host not in LOOPBACK:
         print(f"unblur serve: warning: listening on {args.host}, reachable from other machines; this page has no "
               "accounts" + (": every request needs --token" if args.token else ": anyone who can reach it can "
                             "use it (give --token SECRET to require one)"), file=sys.stderr)
     apply_threads(args)
     lim = Limits(max_steps=args.max_steps, max_n=args.max_n, preview_every=args.preview_every)
-    app = create_app(runs, limits=lim, workers=args.workers, queue=args.queue, token=args.token)
+    app = create_app(runs, limits=lim, workers=args.workers, queue=args.queue, token=args.token, priors=priors)
     host = f"[{args.host}]" if ":" in args.host else args.host
     suffix = f"/?token={args.token}" if args.token else "/"
     print(f"unblur serve: http://{host}:{args.port}{suffix} (API documentation at /docs; Ctrl-C stops)",

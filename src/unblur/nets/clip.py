@@ -31,7 +31,8 @@ class ClipNetConfig:
     embed_dim: int = 64  # the shared embedding's width
     widths: tuple[int, ...] = (32, 64, 128)  # CNN width per level
     text_dim: int = 384  # width of the caption token features (MiniLM: 384)
-    text_hidden: int = 256  # hidden width of the caption projection
+    text_hidden: int = 256  # hidden width of the caption projection (text_head="mlp")
+    text_head: str = "mlp"  # mlp: LayerNorm, Linear, GELU, Linear | linear: LayerNorm, Linear
     temperature: float = 0.07  # initial temperature
     max_logit_scale: float = 100.0  # the logit scale's upper bound
     learned_text: bool = False  # token ids through a LearnedTextEncoder (text_dim wide) instead of features
@@ -41,6 +42,8 @@ class ClipNetConfig:
     def __post_init__(self) -> None:
         if not self.widths:
             raise ValueError("ClipNetConfig.widths must name at least one level")
+        if self.text_head not in ("mlp", "linear"):
+            raise ValueError(f"text_head must be mlp or linear, got {self.text_head!r}")
         if self.max_logit_scale < 1:
             raise ValueError(f"max_logit_scale must be >= 1, got {self.max_logit_scale}")
 
@@ -87,8 +90,13 @@ class ClipTextHead(nn.Module):
 
     def __init__(self, cfg: ClipNetConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.text_hidden), nn.GELU(),
-                                 nn.Linear(cfg.text_hidden, cfg.embed_dim))
+        if cfg.text_head == "linear":  # a linear map of the pooled features: the embedding of a caption is the
+            # mean of its words' projections (before the norm), so new combinations of known words land where
+            # their parts point
+            self.net = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.embed_dim))
+        else:
+            self.net = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.text_hidden),
+                                     nn.GELU(), nn.Linear(cfg.text_hidden, cfg.embed_dim))
 
     def forward(self, feats: Tensor, mask: Tensor) -> Tensor:
         return self.net(pool_tokens(feats, mask))

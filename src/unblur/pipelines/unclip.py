@@ -40,7 +40,8 @@ EMBED_BATCH = 256
 def clip_net_config(cfg: Config, channels: int, text_dim: int) -> ClipNetConfig:
     c = cfg.clip
     return ClipNetConfig(channels=channels, embed_dim=c.embed_dim, widths=tuple(c.widths), text_dim=text_dim,
-                         text_hidden=c.text_hidden, temperature=c.temperature, max_logit_scale=c.max_logit_scale,
+                         text_hidden=c.text_hidden, text_head=c.text_head, temperature=c.temperature,
+                         max_logit_scale=c.max_logit_scale,
                          learned_text=c.text_encoder == "learned", max_tokens=c.max_tokens,
                          learned_layers=c.learned_layers)
 
@@ -235,6 +236,16 @@ def check_same_encoder(prior_info, decoder_info, *, prior: str, decoder: str) ->
                          "the same encoder")
 
 
+def clip_scores(clip: ClipEncoder, images: Tensor, prompts: Sequence[str]) -> Tensor:
+    """Cosine similarity (B,) of image i (B, C, H, W in [-1, 1]) to prompt i under ``clip``
+    (the CLIP score of Hessel et al. 2021 before their rescaling 2.5 * max(cos, 0))."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts: give one prompt per image")
+    zi = clip.embed_images(images)
+    zt = clip.embed_texts(list(prompts))
+    return (zi * zt).sum(-1)
+
+
 def slerp(a: Tensor, b: Tensor, t: Tensor | float) -> Tensor:
     """Spherical interpolation between unit vectors a and b (..., E) at t in [0, 1] (broadcast):
     sin((1 - t) w) / sin w * a + sin(t w) / sin w * b with cos w = <a, b> (Shoemake 1985); the
@@ -265,6 +276,7 @@ __all__ = [
     "build_clip",
     "caption_inputs",
     "check_same_encoder",
+    "clip_scores",
     "load_clip",
     "prior_scale",
     "prior_training_data",

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..pipelines.unclip import ClipEncoder, check_same_encoder, load_clip, prior_scale, slerp, text_diff
+from ..pipelines.unclip import ClipEncoder, check_same_encoder, clip_scores, load_clip, prior_scale, slerp, text_diff
 from .run import Run
 
 
@@ -111,19 +111,9 @@ class Unclip:
 
     def clip_score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """Cosine similarity (B,) of each image to its prompt under the encoder (a CLIP score)."""
-        return clip_score(self.clip, images, prompts)
+        from ..text.encoders import check_prompts
+
+        return clip_scores(self.clip, images, check_prompts(list(prompts)))
 
 
-def clip_score(clip: ClipEncoder, images: Tensor, prompts: Sequence[str]) -> Tensor:
-    """Cosine similarity (B,) of image i (B, C, H, W in [-1, 1]) to prompt i under ``clip``
-    (Hessel et al. 2021's CLIPScore before its rescaling w * max(cos, 0))."""
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images for {len(prompts)} prompts: give one prompt per image")
-    from ..text.encoders import check_prompts
-
-    zi = clip.embed_images(images)
-    zt = clip.embed_texts(check_prompts(list(prompts)))
-    return (zi * zt).sum(-1)
-
-
-__all__ = ["Unclip", "clip_score"]
+__all__ = ["Unclip"]

@@ -5,7 +5,8 @@
 Endpoints (FastAPI's own documentation at ``/docs``):
 
 * ``GET /api/runs``: the runs served, what each can do, its classes, samplers and defaults;
-* ``POST /api/generate``, ``/api/edit``, ``/api/restore``: a job (202 with its id and place in
+* ``POST /api/generate``, ``/api/edit``, ``/api/restore``, ``/api/variations`` (an unCLIP
+  decoder: new images of an upload's image embedding): a job (202 with its id and place in
   the queue; 429 with ``Retry-After`` when the queue is full; 4xx naming the field otherwise);
 * ``GET /api/jobs/{id}/events``: the job's progress as server-sent events (``queued``,
   ``started``, ``progress`` with the current x0_hat of every image as a PNG data URL, and
@@ -66,7 +67,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class GenerateRequest(Strict):
+class SampleFields(Strict):
     run: str = Field(description="a run name from GET /api/runs")
     prompt: str | None = None
     negative_prompt: str | None = None
@@ -79,7 +80,23 @@ class GenerateRequest(Strict):
     preview: str = Field("x0", description="x0 | xt | both | none: what the progress events show")
 
 
-class EditRequest(GenerateRequest):
+class GenerateRequest(SampleFields):
+    prior_steps: int | None = Field(None, description="an unCLIP decoder's prior: sampler steps")
+    prior_guidance: float | None = Field(None, description="an unCLIP decoder's prior: guidance scale")
+
+
+class VariationsRequest(Strict):
+    run: str = Field(description="an unCLIP decoder (a run trained with --clip ENCODER)")
+    image: str = Field(description="the image whose variations to make: a PNG or JPEG as base64 or a data: URL")
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    n: int = Field(1, ge=1)
+    preview: str = "x0"
+
+
+class EditRequest(SampleFields):
     image: str = Field(description="the input image: a PNG or JPEG as base64 or a data: URL")
     mask: str | None = Field(None, description="white = regenerate, black = keep (PNG, base64 or data: URL)")
     strength: float = Field(0.75, ge=0.0, le=1.0)
@@ -104,14 +121,23 @@ def bad(status: int, message: str) -> HTTPException:
 
 
 def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: int = 1, queue: int = 8,
-               token: str | None = None, keep: int = 64) -> FastAPI:
-    """The application serving ``runs`` (name -> ``Run``)."""
+               token: str | None = None, keep: int = 64, priors: dict[str, Any] | None = None) -> FastAPI:
+    """The application serving ``runs`` (name -> ``Run``); ``priors`` (decoder name -> prior ``Run``)
+    give unCLIP decoders (runs trained with ``--clip``) their prompts."""
+    from ..runs.unclip import Unclip
+
     if not runs:
         raise ValueError("give at least one run to serve")
     for name, run in runs.items():
         if not run.is_image:
             raise ValueError(f"run {run.name} ({name!r}) makes {run.data.kind}s of shape {tuple(run.data.shape)}: "
                              "the page serves image runs; sample it with unblur sample")
+    priors = dict(priors or {})
+    for name in priors:
+        if name not in runs:
+            raise ValueError(f"a prior is given for {name!r}, which is not a served run ({', '.join(runs)})")
+    chains = {name: Unclip(run, priors.get(name)) for name, run in runs.items()
+              if (run.data.get("clip") or {}).get("role") == "decoder"}
     lim = limits or Limits()
     jobs = JobQueue(workers=workers, limit=queue, keep=keep)
     state: dict[str, Any] = {"loop": None}
@@ -124,7 +150,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
 
     app = FastAPI(title="unblur", version=__version__, lifespan=lifespan,
                   description="Diffusion models from unblur: generate, edit and restore, with live previews.")
-    app.state.jobs, app.state.limits, app.state.runs = jobs, lim, runs
+    app.state.jobs, app.state.limits, app.state.runs, app.state.chains = jobs, lim, runs, chains
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -161,13 +187,18 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
         n = getattr(req, "n", 1)
         if n > lim.max_n:
             raise bad(422, f"n: {n} images is more than the limit of {lim.max_n} per request")
+        for field in ("prior_steps",):
+            v = getattr(req, field, None)
+            if v is not None and not 1 <= v <= lim.max_steps:
+                raise bad(422, f"{field}: {v} is outside 1..{lim.max_steps}")
         for field in ("prompt", "negative_prompt"):
             v = getattr(req, field, None)
             if v is not None and len(v) > lim.max_prompt_chars:
                 raise bad(422, f"{field}: {len(v)} characters, more than the limit of {lim.max_prompt_chars}")
-        g = getattr(req, "guidance", None)
-        if g is not None and not 0.0 <= g <= lim.max_guidance:
-            raise bad(422, f"guidance: {g} is outside 0..{lim.max_guidance:g}")
+        for field in ("guidance", "prior_guidance"):
+            g = getattr(req, field, None)
+            if g is not None and not 0.0 <= g <= lim.max_guidance:
+                raise bad(422, f"{field}: {g} is outside 0..{lim.max_guidance:g}")
         if req.preview not in ("x0", "xt", "both", "none"):
             raise bad(422, f"preview: {req.preview!r} is not one of x0, xt, both, none")
 
@@ -216,7 +247,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
     @app.get("/api/runs")
     def list_runs() -> dict[str, Any]:
         """The runs served: what each does, its conditioning, sampler defaults and the bounds."""
-        return {"runs": [describe(name, run) for name, run in runs.items()], "limits": asdict(lim),
+        return {"runs": [describe(name, run, chains.get(name)) for name, run in runs.items()], "limits": asdict(lim),
                 "version": __version__}
 
     # -- jobs ------------------------------------------------------------------------------
@@ -226,6 +257,10 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
         """Sample ``n`` images of a run from a prompt, a class or nothing."""
         run = get_run(req.run)
         check_common(req, run)
+        if req.run in chains:
+            return generate_unclip(req, run, chains[req.run])
+        if req.prior_steps is not None or req.prior_guidance is not None:
+            raise bad(422, f"prior_steps, prior_guidance: {req.run!r} is not an unCLIP decoder and has no prior")
         try:
             stream = run.sample(req.n, guidance=req.guidance, sampler=req.sampler, steps=req.steps, seed=req.seed,
                                 batch=req.n, **contexts(req, run))
@@ -244,6 +279,68 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, workers: i
             return out
 
         return submit(Job("generate", req.run, work))
+
+    def unclip_job(req, run, chain, kind: str, embeddings, **extra) -> JSONResponse:
+        """A job decoding image embeddings (``embeddings(job) -> (z, labels)``, made in the job)."""
+        try:
+            plan = run.plan(req.sampler, req.steps, None)
+        except ValueError as e:
+            raise bad(422, str(e)) from None
+        preview, n = req.preview, req.n
+
+        def work(job: Job) -> list[dict]:
+            z, labels, per = embeddings(job)
+            stream = run.sample(per, embeddings=z, embedding_labels=labels, guidance=req.guidance,
+                                sampler=plan.sampler, steps=plan.steps, seed=req.seed, batch=n)
+            stream.callback = previewer(job, run, preview, lim.preview_every, n)
+            out = []
+            for b in stream:
+                for i in range(len(b.x)):
+                    s = settings_of(run, b.records[i], kind="unclip", request_seed=req.seed, n=n, **extra)
+                    out.append(result(b.x[i], s))
+            return out
+
+        return submit(Job(kind, req.run, work))
+
+    def generate_unclip(req: GenerateRequest, run, chain) -> JSONResponse:
+        if req.negative_prompt or req.class_ is not None:
+            raise bad(422, f"negative_prompt, class: {req.run!r} draws images of image embeddings; give a prompt")
+        if not req.prompt:
+            raise bad(422, f"prompt: {req.run!r} is an unCLIP decoder: give a prompt (or make variations of an "
+                      "image with /api/variations)")
+        if chain.prior is None:
+            raise bad(422, f"prompt: {req.run!r} has no prior on this server (start it with --prior RUN); it can "
+                      "make variations of an image")
+        try:
+            chain.text_embeddings([req.prompt])  # an empty or unreadable prompt fails here, before the queue
+        except ValueError as e:
+            raise bad(422, str(e)) from None
+
+        def embeddings(job: Job):
+            z, labels = chain.from_prompts([req.prompt], req.n, steps=req.prior_steps, guidance=req.prior_guidance,
+                                           seed=req.seed, callback=lambda info: job.check())
+            return z, labels, 1
+
+        return unclip_job(req, run, chain, "generate", embeddings, prompt=req.prompt,
+                          prior=chain.prior.ref, prior_steps=req.prior_steps, prior_guidance=req.prior_guidance)
+
+    @app.post("/api/variations", status_code=202)
+    def variations(req: VariationsRequest):
+        """New images of an uploaded image's embedding under an unCLIP decoder's encoder."""
+        run = get_run(req.run)
+        check_common(req, run)
+        if req.run not in chains:
+            raise bad(422, f"run: {req.run!r} is not an unCLIP decoder (a run trained with --clip ENCODER); "
+                      f"variations need one{': ' + ', '.join(chains) if chains else ''}")
+        chain = chains[req.run]
+        C, H, W = chain.clip.image_shape
+        img = to_tensor(upload(req.image, "image"), C, (H, W), crop=True)
+
+        def embeddings(job: Job):
+            z, labels = chain.variations(img[None], names=["the upload"])
+            return z, labels, req.n
+
+        return unclip_job(req, run, chain, "variations", embeddings)
 
     @app.post("/api/edit", status_code=202)
     def edit(req: EditRequest):
@@ -386,8 +483,8 @@ def with_urls(job: Job, ev: dict) -> dict:
                                              for k, r in enumerate(job.results)]}
 
 
-def describe(name: str, run) -> dict[str, Any]:
-    """What the page needs to know about a run."""
+def describe(name: str, run, chain=None) -> dict[str, Any]:
+    """What the page needs to know about a run (``chain``: an unCLIP decoder's ``Unclip``)."""
     cfg = run.config
     restorer = bool(getattr(run.process, "restores", False))
     text = run.data.text_dim is not None
@@ -395,6 +492,13 @@ def describe(name: str, run) -> dict[str, Any]:
     can = ["generate", "img2img", "restore"] if restorer else ["generate", "img2img", "inpaint"]
     if restorer and run.process.kind == "mask":
         can.append("inpaint")
+    unclip = None
+    if chain is not None:  # prompts through its prior, and variations of an upload
+        text = chain.prior is not None
+        can = (["generate"] if text else []) + ["variations"]
+        unclip = {"prior": chain.prior.ref if chain.prior is not None else None,
+                  "prior_steps": chain.prior.config.sample.steps if chain.prior is not None else None,
+                  "prior_guidance": chain.prior.config.cond.guidance if chain.prior is not None else None}
     from ..sampling import SAMPLERS
 
     samplers = ["cold", "cold-naive"] if restorer else [s for s in SAMPLERS if not s.startswith("cold")]
@@ -402,8 +506,8 @@ def describe(name: str, run) -> dict[str, Any]:
     return {"name": name, "ref": run.ref, "process": run.process.kind, "restorer": restorer, "can": can,
             "classes": classes, "text": text, "channels": C, "size": [H, W], "samplers": samplers,
             "sampler": cfg.sample.sampler if not restorer else run.process.restore_sampler,
-            "steps": cfg.sample.steps, "guidance": cfg.cond.guidance if (text or classes) else 1.0,
-            "model_hash": run.weights_sha256, "latent": bool(run.latent)}
+            "steps": cfg.sample.steps, "guidance": cfg.cond.guidance if (text or classes or unclip) else 1.0,
+            "model_hash": run.weights_sha256, "latent": bool(run.latent), "unclip": unclip}
 
 
 def to_tensor(img, channels: int, size: tuple[int, int] | None, *, crop: bool = False) -> torch.Tensor:

@@ -42,7 +42,7 @@ TERMINAL = ("done", "error", "cancelled")
 
 @dataclass
 class Job:
-    kind: str  # generate | edit | restore
+    kind: str  # generate | edit | restore | variations
     run: str
     work: Callable[[Job], list[dict]]  # returns one dict per image: png bytes and settings
     id: str = field(default_factory=lambda: secrets.token_urlsafe(9))

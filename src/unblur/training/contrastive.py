@@ -68,9 +68,12 @@ class ContrastiveTraining:
             self.class_text = (t.to(device), m.to(device))
         self.loss = ContrastiveLoss(net)
 
-    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """The caption inputs of the training pairs ``idx`` (indices into the training split)."""
-        return self.text_train[idx], self.mask_train[idx]
+    def batch(self, idx: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The caption inputs of the training pairs ``idx`` (indices into the training split); with
+        ``clip.token_dropout`` each real token leaves the caption's mask with that probability
+        (one is always kept), drawn from ``generator``."""
+        text, mask = self.text_train[idx], self.mask_train[idx]
+        return text, drop_tokens(mask, self.cfg.clip.token_dropout, generator)
 
     @torch.no_grad()
     def heldout_metrics(self, model: ClipModel, x_held: Tensor) -> dict[str, float]:
@@ -91,6 +94,16 @@ class ContrastiveTraining:
             pred = (img @ cls.T).argmax(1).cpu()
             out["heldout_zero_shot"] = float((pred == self.labels_held).float().mean())
         return out
+
+
+def drop_tokens(mask: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """``mask`` (B, L) with each True entry turned False with probability ``p``; a row that would
+    lose every token keeps its own mask."""
+    if p <= 0:
+        return mask
+    u = torch.rand(mask.shape, generator=generator, device=generator.device if generator is not None else None)
+    dropped = mask & (u.to(mask.device) >= p)
+    return torch.where(dropped.any(1, keepdim=True), dropped, mask)
 
 
 def describe_clip(net: ClipModel, tr: ContrastiveTraining) -> str:

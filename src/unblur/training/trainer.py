@@ -789,7 +789,7 @@ class Trainer:
                 for key, v in terms.items():
                     parts[key] = parts.get(key, 0.0) + v.item() / len(micro)
             elif clip is not None:  # image-caption pairs: the other pairs of the micro-batch are the negatives
-                text, mask = clip.batch(mi.to(self.device))
+                text, mask = clip.batch(mi.to(self.device), gen)
                 with sync, self._autocast():
                     per_pair, terms = self.loss_module(x0, text, mask)
                     loss = per_pair.mean()

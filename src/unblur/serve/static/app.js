@@ -3,7 +3,8 @@
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
-const state = { runs: [], run: null, tab: "generate", job: null, source: null, editImage: null, restoreImage: null };
+const state = { runs: [], run: null, tab: "generate", job: null, source: null, editImage: null, restoreImage: null, varImage: null };
+const TAB_NEEDS = { generate: "generate", edit: "img2img", restore: "restore", variations: "variations" };
 
 function api(path) {
   return token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
@@ -44,11 +45,16 @@ function selectRun(name) {
   if (!run) return;
   state.run = run;
   $("run").value = name;
-  $("runinfo").textContent = `${run.process} · ${run.size[1]}x${run.size[0]}${run.latent ? " latent" : ""} · ${run.classes.length ? run.classes.length + " classes" : run.text ? "captions" : "unconditional"}`;
+  const what = run.unclip ? (run.unclip.prior ? "unCLIP: prompts through a prior" : "unCLIP: variations") : run.classes.length ? run.classes.length + " classes" : run.text ? "captions" : "unconditional";
+  $("runinfo").textContent = `${run.process} · ${run.size[1]}x${run.size[0]}${run.latent ? " latent" : ""} · ${what}`;
   $("prompt-row").hidden = !run.text;
-  $("negative-row").hidden = !run.text;
+  $("negative-row").hidden = !run.text || !!run.unclip;
   $("class-row").hidden = !run.classes.length;
-  $("guidance-row").hidden = !(run.text || run.classes.length);
+  $("guidance-row").hidden = !guided(run);
+  if (run.unclip && run.unclip.prior) {
+    $("prior-steps").value = run.unclip.prior_steps;
+    $("prior-guidance").value = run.unclip.prior_guidance;
+  }
   const cls = $("class");
   cls.innerHTML = "";
   const any = document.createElement("option"); any.value = ""; any.textContent = "(any: one of each)"; cls.appendChild(any);
@@ -59,23 +65,25 @@ function selectRun(name) {
   smp.value = run.sampler;
   $("steps").value = run.steps;
   $("guidance").value = run.guidance;
-  for (const t of document.querySelectorAll(".tab")) {
-    const ok = t.dataset.tab === "generate" ? run.can.includes("generate") : t.dataset.tab === "edit" ? run.can.includes("img2img") : run.can.includes("restore");
-    t.disabled = !ok;
-  }
-  if (document.querySelector(`.tab[data-tab="${state.tab}"]`).disabled) setTab("generate");
+  for (const t of document.querySelectorAll(".tab")) t.disabled = !run.can.includes(TAB_NEEDS[t.dataset.tab]);
+  const here = document.querySelector(`.tab[data-tab="${state.tab}"]`);
+  setTab(here.disabled ? document.querySelector(".tab:not(:disabled)").dataset.tab : state.tab);
   if (state.editImage) drawEditImage();
 }
+
+function guided(run) { return !!(run && (run.text || run.classes.length || run.unclip)); }
 
 function setTab(tab) {
   state.tab = tab;
   for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.tab === tab);
   $("edit-panel").hidden = tab !== "edit";
   $("restore-panel").hidden = tab !== "restore";
-  $("context").hidden = tab === "restore";
+  $("variations-panel").hidden = tab !== "variations";
+  $("prior-row").hidden = !(tab === "generate" && state.run && state.run.unclip && state.run.unclip.prior);
+  $("context").hidden = tab === "restore" || tab === "variations";
   $("n-row").hidden = tab === "restore";
-  $("guidance-row").hidden = tab === "restore" || !(state.run && (state.run.text || state.run.classes.length));
-  $("go").textContent = { generate: "Generate", edit: "Edit", restore: "Restore" }[tab];
+  $("guidance-row").hidden = tab === "restore" || !guided(state.run);
+  $("go").textContent = { generate: "Generate", edit: "Edit", restore: "Restore", variations: "Make variations" }[tab];
   const smp = $("sampler").closest("label");
   smp.hidden = tab === "restore";
 }
@@ -148,6 +156,14 @@ function request() {
     return ["/api/restore", { ...body, image: state.restoreImage, steps }];
   }
   Object.assign(body, { sampler: $("sampler").value, steps, n: Number($("n").value) });
+  if (state.tab === "variations") {
+    if (!state.varImage) throw new Error("choose an image to make variations of");
+    return ["/api/variations", { ...body, image: state.varImage, guidance: Number($("guidance").value) }];
+  }
+  if (run.unclip && run.unclip.prior) {
+    body.prior_steps = Number($("prior-steps").value);
+    body.prior_guidance = Number($("prior-guidance").value);
+  }
   if (run.text && $("prompt").value.trim()) body.prompt = $("prompt").value.trim();
   if (run.text && $("negative").value.trim()) body.negative_prompt = $("negative").value.trim();
   if (run.classes.length && $("class").value !== "") body.class = $("class").value;
@@ -264,6 +280,11 @@ function wire() {
     const f = e.target.files[0]; if (!f) return;
     state.restoreImage = await readFile(f);
     $("restore-input").src = state.restoreImage; $("restore-input").hidden = false;
+  });
+  $("var-file").addEventListener("change", async (e) => {
+    const f = e.target.files[0]; if (!f) return;
+    state.varImage = await readFile(f);
+    $("var-input").src = state.varImage; $("var-input").hidden = false;
   });
   $("clear-mask").addEventListener("click", () => $("edit-mask").getContext("2d").clearRect(0, 0, 9999, 9999));
   const m = $("edit-mask");

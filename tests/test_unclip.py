@@ -1,0 +1,430 @@
+"""The unCLIP chain: InfoNCE, the temperature's bounds, the prior against a closed-form
+conditional, and the three runs end to end through the CLI with their refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unblur.analytic import GaussianMixture
+from unblur.cli.common import PRIOR_DEFAULTS
+from unblur.config import Config, apply_overrides
+from unblur.nets.clip import ClipModel, ClipNetConfig
+from unblur.objectives import LossModule, info_nce
+from unblur.pipelines.unclip import slerp, text_diff
+from unblur.runs import Run
+from unblur.runs.build import build_denoiser, build_net, build_process
+from unblur.sampling import generate
+from unblur.types import DataInfo
+from unblur.utils import seeded_generators
+
+# -- InfoNCE and the temperature -----------------------------------------------------------------
+
+
+def test_info_nce_equals_the_hand_computed_value_of_a_two_pair_batch():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    s = 2.0
+    # logits s * I T^T = [[2, 1.2], [0, 1.6]]; each pair's loss averages its row and column cross-entropy.
+    row = [math.log(1 + math.exp(1.2 - 2)), math.log(1 + math.exp(0 - 1.6))]
+    col = [math.log(1 + math.exp(0 - 2)), math.log(1 + math.exp(1.2 - 1.6))]
+    want = torch.tensor([(row[0] + col[0]) / 2, (row[1] + col[1]) / 2])
+    got = info_nce(image, text, s)
+    assert torch.allclose(got, want, atol=1e-6), (got, want)
+    # The mean is CLIP's loss: the two cross-entropies over the logits and their transpose, averaged.
+    logits = s * image @ text.T
+    ref = 0.5 * (torch.nn.functional.cross_entropy(logits, torch.arange(2))
+                 + torch.nn.functional.cross_entropy(logits.T, torch.arange(2)))
+    assert torch.allclose(got.mean(), ref, atol=1e-6)
+    # A perfect, sharp match costs nearly nothing; swapping the captions costs a lot.
+    assert info_nce(image, image, 50.0).max() < 1e-6 and info_nce(image, image.flip(0), 50.0).min() > 40
+
+
+def test_the_logit_scale_stays_in_its_bounds_through_large_steps():
+    cfg = ClipNetConfig(channels=3, widths=(8,), embed_dim=4, text_dim=6, text_hidden=8,
+                        temperature=0.07, max_logit_scale=100.0)
+    model = ClipModel(cfg)
+    assert math.isclose(float(model.scale().detach()), 1 / 0.07, rel_tol=1e-5)  # starts at 1 / temperature
+    opt = torch.optim.SGD(model.parameters(), lr=50.0)
+    x, t, m = torch.randn(4, 3, 8, 8), torch.randn(4, 2, 6), torch.ones(4, 2, dtype=torch.bool)
+    seen = []
+    for sign in (-1.0, 1.0):  # push the scale down hard, then up hard
+        for _ in range(5):
+            opt.zero_grad()
+            (sign * model.logit_scale).backward()
+            opt.step()
+            model.clamp_()
+            seen.append(float(model.scale().detach()))
+            img, txt, scale = model(x, t, m)
+            assert 1.0 <= float(scale) <= 100.0 + 1e-4
+    assert min(seen) == pytest.approx(1.0) and max(seen) == pytest.approx(100.0, rel=1e-5)
+
+
+def test_slerp_and_text_diff_stay_on_the_sphere_with_the_right_endpoints():
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1) for _ in range(2))
+    t = torch.linspace(0, 1, 5)
+    path = slerp(a[0].expand(5, -1), b[0].expand(5, -1), t)
+    assert torch.allclose(path.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert torch.allclose(path[0], a[0], atol=1e-6) and torch.allclose(path[-1], b[0], atol=1e-6)
+    angles = torch.arccos((path[:-1] * path[1:]).sum(1).clamp(-1, 1))  # equal steps along the great circle
+    assert torch.allclose(angles, angles.mean().expand(4), atol=1e-5)
+    moved = text_diff(a, b, a, 0.0)
+    assert torch.allclose(moved, a, atol=1e-6)  # amount 0 is the image itself
+
+
+# -- the prior against a closed-form conditional -------------------------------------------------
+
+
+def test_the_prior_learns_a_linear_gaussian_conditional():
+    """Synthetic (text, image) embeddings with image = A text + 0.3 n: given a text embedding t,
+    the image embedding is N(A t, 0.09 I) exactly. The prior's network (the residual MLP with its
+    embedding input, x0-prediction on the cosine VP process, condition dropout 0.1) trained on
+    6000 pairs and sampled with dpmpp-2m at guidance 1 is compared with that law, and with the
+    exact denoiser of that Gaussian (``analytic.GaussianMixture``) through the same sampler.
+
+    Tolerances (measured: mean error at most about 0.05, standard deviation within about 10%):
+    for each of three new text embeddings, the sample mean within 0.12 of A t (0.4 sigma) and every
+    coordinate's standard deviation within 25% of 0.3.
+    """
+    D, T, s = 4, 3, 0.3
+    g = torch.Generator().manual_seed(0)
+    A = torch.tensor([[1.0, -0.5, 0.0], [0.3, 0.8, -0.6], [-0.7, 0.2, 0.9], [0.5, 0.5, 0.5]])
+    txt = torch.nn.functional.normalize(torch.randn(6000, T, generator=g), dim=1)
+    img = txt @ A.T + s * torch.randn(6000, D, generator=g)
+    cfg = apply_overrides(Config(), {"model.kind": "prior", "cond.clip": "encoder", **PRIOR_DEFAULTS,
+                                     "model.hidden": 128, "process.sigma_data": round(float(img.std()), 4)})
+    info = DataInfo(kind="vector", shape=(D,), source="test:linear", num_items=len(img),
+                    clip={"dim": T, "role": "prior"})
+    torch.manual_seed(0)
+    net = build_net(cfg, info)
+    process = build_process(cfg, info)
+    loss_module = LossModule(build_denoiser(cfg, net, process))
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500)
+    for _ in range(1500):
+        idx = torch.randint(0, len(img), (256,), generator=g)
+        e = txt[idx] * (torch.rand(256, 1, generator=g) > 0.1)  # condition dropout: zeros are the null
+        level, x_t = process.training_pair(img[idx], g)
+        loss = loss_module(img[idx], level, x_t, {"embedding": e}).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    run = Run(cfg, info, net.eval(), process, device="cpu")
+    tests = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.2, -0.9, 0.4], [-0.5, 0.5, -0.7]]), dim=1)
+    N = 1500
+    x = torch.cat([b.x for b in run.sample(N, embeddings=tests, guidance=1.0, sampler="dpmpp-2m", steps=30,
+                                           batch=N)]).reshape(3, N, D)
+    for k, t in enumerate(tests):
+        mean = A @ t
+        exact = GaussianMixture(torch.ones(1, dtype=torch.float64), mean[None].double(),
+                                (s * s * torch.eye(D, dtype=torch.float64))[None])
+        ref = generate(exact.denoiser(), (N, D), process=process, sampler="dpmpp-2m", steps=30,
+                       generator=seeded_generators(range(N)), dtype=torch.float64).float()
+        for name, y in (("prior", x[k]), ("exact denoiser", ref)):
+            err = float((y.mean(0) - mean).norm())
+            std = y.std(0)
+            assert err < 0.12, (name, k, err)
+            assert ((std / s - 1).abs() < 0.25).all(), (name, k, std)
+
+
+# -- the three runs end to end through the CLI ----------------------------------------------------
+
+TINY = ["--data", "builtin:shapes", "--device", "cpu", "--set", "data.num_images=96", "--set", "data.size=16",
+        "--set", "train.checkpoint_every=0"]
+CLIP = ["--model", "clip", "--set", "clip.text_encoder=learned", "--set", "clip.learned_dim=16",
+        "--set", "clip.learned_layers=1", "--set", "clip.widths=8,16", "--set", "clip.embed_dim=8",
+        "--set", "clip.text_hidden=16", "--set", "train.batch_size=32", "--set", "clip.holdout=0.25"]
+
+
+def write_shape_png(path, item_index: int):
+    from PIL import Image
+
+    from unblur.data.shapes import make_items, render
+
+    Image.fromarray(render(make_items(item_index + 1, seed=5)[item_index], (16, 16))).save(path)
+    return path
+
+
+def records(folder):
+    return [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+
+
+def unblur_cli_once(*args):
+    """``python -m unblur ARGS`` (the module's runs are made once, so not through the fixture)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "unblur", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    unblur_cli = unblur_cli_once
+    root = tmp_path_factory.mktemp("unclip")
+    runs = {}
+    for name, extra in (("clip", [*CLIP, "--steps", 12]), ("clip2", [*CLIP, "--steps", 4, "--set", "train.seed=1"])):
+        r = unblur_cli("train", "--out", root / name, *TINY, *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[name] = root / name
+    for name, enc in (("prior", "clip"), ("prior2", "clip2")):
+        r = unblur_cli("train", "--model", "prior", "--clip", runs[enc], "--out", root / name, *TINY, "--steps", 10,
+                       "--set", "model.hidden=32", "--set", "train.batch_size=32", "--set", "sample.grid_n=4")
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[name] = root / name
+    r = unblur_cli("train", "--clip", runs["clip"], "--out", root / "decoder", *TINY, "--steps", 3,
+                   "--set", "model.base_channels=16", "--set", "train.batch_size=16", "--set", "sample.grid_n=4",
+                   "--set", "sample.steps=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs["decoder"] = root / "decoder"
+    runs["a"], runs["b"] = write_shape_png(root / "a.png", 0), write_shape_png(root / "b.png", 1)
+    runs["root"] = root
+    return runs
+
+
+def test_the_encoder_run_reports_held_out_retrieval_and_a_bounded_temperature(chain):
+    rows = [json.loads(line) for line in (chain["clip"] / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "heldout_t2i_top1" in r][-1]
+    assert 0 <= last["heldout_t2i_top1"] <= 1 and 0 <= last["heldout_i2t_top1"] <= 1
+    assert 0 <= last["heldout_zero_shot"] <= 1 and -1 <= last["heldout_pair_cosine"] <= 1
+    assert 1 <= last["logit_scale"] <= 100
+    info = json.loads((chain["prior"] / "config.json").read_text()) if (chain["prior"] / "config.json").exists() \
+        else None
+    assert info is None or info["model"]["kind"] == "prior"
+
+
+def test_sample_a_prompt_through_prior_and_decoder(chain, unblur_cli):
+    out = chain["root"] / "s-prompt"
+    r = unblur_cli("sample", chain["decoder"], "--prior", chain["prior"], "--prompt", "a red circle",
+                   "--prompt", "a small blue square", "--n", 2, "--steps", 2, "--prior-steps", 3,
+                   "--prior-guidance", 2, "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = records(out)
+    assert len(recs) == 4 and np.load(out / "samples.npy").shape == (4, 3, 16, 16)
+    assert [q["embedding_of"].split("'")[1] for q in recs] == ["a red circle"] * 2 + ["a small blue square"] * 2
+    assert len(list(out.glob("*.png"))) >= 4
+
+
+def test_variations_interpolation_and_text_diff(chain, unblur_cli):
+    out = chain["root"] / "s-var"
+    r = unblur_cli("sample", chain["decoder"], "--variations-of", chain["a"], chain["b"], "--n", 3, "--steps", 2,
+                   "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    x = np.load(out / "samples.npy")
+    assert x.shape == (6, 3, 16, 16) and not np.allclose(x[0], x[1])  # new noise per variation
+    assert [q["embedding_of"] for q in records(out)] == [f"variation of {chain['a']}"] * 3 + \
+        [f"variation of {chain['b']}"] * 3
+    out = chain["root"] / "s-interp"
+    r = unblur_cli("sample", chain["decoder"], "--interpolate", chain["a"], chain["b"], "--frames", 4, "--steps", 2,
+                   "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert np.load(out / "samples.npy").shape == (4, 3, 16, 16)
+    labels = [q["embedding_of"] for q in records(out)]
+    assert labels[0].endswith("0.000)") and labels[-1].endswith("1.000)")
+    assert len({q["seed"] for q in records(out)}) == 1  # one noise for the whole strip
+    out = chain["root"] / "s-diff"
+    r = unblur_cli("sample", chain["decoder"], "--variations-of", chain["a"], "--text-diff", "a red circle",
+                   "a blue square", "--frames", 3, "--amount", 0.6, "--steps", 2, "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(records(out)) == 3 and "towards 'a blue square' by 0.600" in records(out)[-1]["embedding_of"]
+
+
+def test_the_chain_refuses_mismatched_and_missing_pieces(chain, unblur_cli):
+    out = chain["root"] / "bad"
+    cases = [
+        (("sample", chain["decoder"], "--prior", chain["prior2"], "--prompt", "a red circle"),
+         "trained with the encoder"),  # a prior of another encoder
+        (("sample", chain["decoder"], "--prompt", "a red circle"), "add --prior RUN"),
+        (("sample", chain["prior"], "--prior", chain["prior"], "--prompt", "a red circle"), "is a prior"),
+        (("sample", chain["clip"]), "contrastive encoder"),
+        (("sample", chain["decoder"], "--variations-of", chain["root"] / "missing.png"), "missing.png"),
+        (("train", "--model", "prior", "--out", chain["root"] / "p3", *TINY, "--steps", 1), "--clip"),
+    ]
+    for args, message in cases:
+        r = unblur_cli(*args, "--out", out) if args[0] == "sample" else unblur_cli(*args)
+        assert r.returncode == 2, (args, r.stderr[-1500:])
+        assert message in r.stderr, (args, r.stderr[-1500:])
+        assert "Traceback" not in r.stderr
+    assert not (out / "samples.npy").exists() and not (chain["root"] / "p3" / "model.safetensors").exists()
+
+
+def test_a_decoder_without_image_embeddings_is_refused(tmp_path, chain, unblur_cli):
+    plain = tmp_path / "plain"
+    r = unblur_cli("train", "--out", plain, *TINY, "--steps", 1, "--set", "model.base_channels=16",
+                   "--set", "train.batch_size=16", "--set", "sample.grid_n=4", "--set", "sample.steps=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = unblur_cli("sample", plain, "--prior", chain["prior"], "--prompt", "a red circle", "--out", tmp_path / "s")
+    assert r.returncode == 2 and "not conditioned on a contrastive encoder" in r.stderr, r.stderr[-1500:]
+
+
+def test_clip_score_in_the_library_is_the_cosine_of_each_image_to_its_prompt(chain):
+    from unblur.runs.unclip import Unclip
+
+    un = Unclip.open(chain["decoder"], prior=chain["prior"], device="cpu")
+    from unblur.images import read_image
+
+    x = torch.stack([read_image(chain[k], channels=3, size=(16, 16)) for k in ("a", "b")])
+    score = un.clip_score(x, ["a red circle", "a blue square"])
+    zi, zt = un.image_embeddings(x), un.text_embeddings(["a red circle", "a blue square"])
+    assert torch.allclose(score, (zi * zt).sum(1), atol=1e-6) and (score.abs() <= 1 + 1e-6).all()
+    with pytest.raises(ValueError, match="2 images for 1 prompts"):
+        un.clip_score(x, ["a red circle"])
+
+
+# -- prompt fidelity in unblur eval ------------------------------------------------------------------
+
+
+def test_shape_words_reads_one_colour_and_one_shape():
+    from unblur.eval.prompts import shape_words
+
+    assert shape_words("a small red circle on a white background") == ("red", "circle")
+    assert shape_words("two blue crosses") == ("blue", "cross")
+    assert shape_words("a red circle above a blue square") is None  # two of each: no single check
+    assert shape_words("a picture") is None
+
+
+def test_eval_reports_the_clip_score_of_prompts_through_the_chain(chain, unblur_cli, tmp_path):
+    out = tmp_path / "r.json"
+    r = unblur_cli("eval", chain["decoder"], "--prior", chain["prior"], "--prompt", "a red circle",
+                   "--prompt", "a blue square", "--n", 3, "--steps", 2, "--json", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["clip_items"] == 6 and -1 <= rep["clip_score"] <= 1 and -1 <= rep["clip_score_shuffled"] <= 1
+    assert rep["shapes"]["items"] == 6 and 0 <= rep["shapes"]["colour"] <= 1
+    assert "clip score:" in r.stdout and "shapes checker: colour" in r.stdout
+    r = unblur_cli("eval", chain["decoder"], "--prompt", "a red circle", "--n", 1)
+    assert r.returncode == 2 and "--prior RUN" in r.stderr
+
+
+# -- unblur serve with a decoder and its prior ---------------------------------------------------
+
+
+def test_serve_generates_through_the_prior_and_makes_variations(chain):
+    pytest.importorskip("fastapi")
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from unblur.cli.serve import match_priors
+    from unblur.runs.pnginfo import read_settings
+    from unblur.serve import create_app
+
+    dec, pri = Run.load(chain["decoder"], device="cpu"), Run.load(chain["prior"], device="cpu")
+    priors = match_priors({"dec": dec}, [pri])
+    assert list(priors) == ["dec"]
+    with pytest.raises(ValueError, match="no served decoder was"):
+        match_priors({"dec": dec}, [Run.load(chain["prior2"], device="cpu")])
+    with pytest.raises(ValueError, match="not a prior"):
+        match_priors({"dec": dec}, [dec])
+
+    def finish(c, r):
+        assert r.status_code == 202, r.text
+        job = r.json()["job"]
+        with c.stream("GET", f"/api/jobs/{job}/events") as s:
+            lines = [line for line in s.iter_lines() if line.startswith("data: ")]
+        done = json.loads(lines[-1][6:])
+        assert "results" in done, done
+        return [c.get(x["url"]).content for x in done["results"]]
+
+    upload = "data:image/png;base64," + base64.b64encode(chain["a"].read_bytes()).decode()
+    with TestClient(create_app({"dec": dec}, priors=priors)) as c:
+        d = c.get("/api/runs").json()["runs"][0]
+        assert d["can"] == ["generate", "variations"] and d["text"] and d["unclip"]["prior"] == pri.ref
+        pngs = finish(c, c.post("/api/generate", json={"run": "dec", "prompt": "a red circle", "n": 2, "steps": 2,
+                                                       "prior_steps": 3, "prior_guidance": 1.5}))
+        s = read_settings(pngs[1])
+        assert len(pngs) == 2 and s["kind"] == "unclip" and s["prompt"] == "a red circle"
+        assert s["prior_guidance"] == 1.5 and "prior sample 1" in s["embedding_of"]
+        pngs = finish(c, c.post("/api/variations", json={"run": "dec", "image": upload, "n": 2, "steps": 2}))
+        assert len(pngs) == 2 and pngs[0] != pngs[1]
+        assert read_settings(pngs[0])["embedding_of"] == "variation of the upload"
+        r = c.post("/api/generate", json={"run": "dec", "prompt": "a red circle", "negative_prompt": "blue"})
+        assert r.status_code == 422 and "negative_prompt" in r.json()["detail"]
+        r = c.post("/api/generate", json={"run": "dec", "prompt": "x", "prior_guidance": 99})
+        assert r.status_code == 422 and "prior_guidance" in r.json()["detail"]
+    with TestClient(create_app({"dec": dec})) as c:  # no prior: variations only
+        assert c.get("/api/runs").json()["runs"][0]["can"] == ["variations"]
+        r = c.post("/api/generate", json={"run": "dec", "prompt": "a red circle"})
+        assert r.status_code == 422 and "--prior RUN" in r.json()["detail"]
+
+
+def test_the_page_draws_a_prompt_through_the_prior_and_variations_of_an_upload(chain, tmp_path):
+    """In Debian's chromium (the page test's setup): the decoder's Generate tab shows the prompt and
+    the prior's settings; the Variations tab takes an upload. Screenshots in the test's folder."""
+    import shutil
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("fastapi")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium: `make test` installs it (scripts/need_chromium.sh)")
+    import uvicorn
+
+    from unblur.serve import create_app
+
+    dec, pri = Run.load(chain["decoder"], device="cpu"), Run.load(chain["prior"], device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app({"decoder": dec}, priors={"decoder": pri}), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    done = "() => /^(done|error|cancelled)/.test(document.getElementById('status').textContent)"
+    try:
+        with sync_api.sync_playwright() as p:
+            b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = b.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("() => document.querySelectorAll('#run option').length === 1")
+            assert "unCLIP" in page.text_content("#runinfo")
+            assert page.is_visible("#prompt") and page.is_visible("#prior-steps") and not page.is_visible("#negative")
+            assert page.is_disabled(".tab[data-tab=edit]") and not page.is_disabled(".tab[data-tab=variations]")
+            page.fill("#prompt", "a red circle")
+            page.fill("#steps", "3")
+            page.fill("#prior-steps", "3")
+            page.fill("#n", "2")
+            page.click("#go")
+            page.wait_for_function(done, timeout=60_000)
+            assert page.text_content("#status").startswith("done: 2 images"), page.text_content("#status")
+            page.screenshot(path=str(tmp_path / "unclip_generate.png"))
+            page.click(".tab[data-tab=variations]")
+            assert not page.is_visible("#prompt") and page.is_visible("#var-file")
+            page.set_input_files("#var-file", str(chain["a"]))
+            page.fill("#n", "3")
+            page.click("#go")
+            page.wait_for_function(done, timeout=60_000)
+            assert page.text_content("#status").startswith("done: 3 images"), page.text_content("#status")
+            assert page.locator("#gallery img").count() == 5
+            page.screenshot(path=str(tmp_path / "unclip_variations.png"))
+            assert not errors, errors
+            b.close()
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_token_dropout_drops_at_its_rate_and_never_empties_a_caption():
+    from unblur.training.contrastive import drop_tokens
+
+    mask = torch.zeros(4000, 12, dtype=torch.bool)
+    mask[:, :6] = True
+    mask[0, 1:] = False  # a one-token caption
+    out = drop_tokens(mask, 0.3, torch.Generator().manual_seed(0))
+    assert not (out & ~mask).any() and out.any(1).all()
+    assert out[0, 0] and abs(out[1:].sum() / mask[1:].sum() - 0.7) < 0.01
+    assert drop_tokens(mask, 0.0) is mask
