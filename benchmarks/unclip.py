@@ -16,8 +16,9 @@ on images or prompts of those held-out combinations only.
   training: a test of composition); text->image retrieval top-1 among those images by their own
   captions (the exact image, and an image of the caption's colour and shape). The same figures on
   images of the seen combinations.
-* ``chain``: encoder, prior (``model.kind=prior``: the residual MLP over sqrt(E)-scaled image
-  embeddings, x0-prediction, cosine VP, condition dropout 0.1) and decoder (the text-to-image
+* ``chain``: encoder, prior (``model.kind=prior``: the prior transformer over sqrt(E)-scaled image
+  embeddings, x0-prediction, cosine VP, condition dropout 0.1; ``--prior-set model.prior_net=mlp``
+  for the residual MLP) and decoder (the text-to-image
   benchmark's U-Net: width 32, one residual block per level, attention in the middle block,
   batch 32, bf16, conditioned on image embeddings with condition dropout 0.1), each trained for
   its own minutes, together the direct model's 19.2 minutes. Then ``--prompts`` held-out prompts
@@ -47,7 +48,8 @@ from unblur.data.shapes_check import check_item
 from unblur.pipelines.unclip import load_clip
 from unblur.training.trainer import Trainer
 
-PRIOR = {"process.kind": "vp", "process.schedule": "cosine", "objective.prediction": "x0", "model.hidden": 256}
+PRIOR = {"process.kind": "vp", "process.schedule": "cosine", "objective.prediction": "x0", "model.hidden": 256,
+         "model.prior_net": "transformer"}
 
 
 def train(cfg: Config, out: Path, data) -> float:

@@ -60,7 +60,7 @@ def test_the_logit_scale_stays_in_its_bounds_through_large_steps():
             model.clamp_()
             seen.append(float(model.scale().detach()))
             img, txt, scale = model(x, t, m)
-            assert 1.0 <= float(scale) <= 100.0 + 1e-4
+            assert 1.0 <= float(scale.detach()) <= 100.0 + 1e-4
     assert min(seen) == pytest.approx(1.0) and max(seen) == pytest.approx(100.0, rel=1e-5)
 
 
@@ -80,10 +80,29 @@ def test_slerp_and_text_diff_stay_on_the_sphere_with_the_right_endpoints():
 # -- the prior against a closed-form conditional -------------------------------------------------
 
 
-def test_the_prior_learns_a_linear_gaussian_conditional():
+def test_prior_transformer_reads_its_tokens_and_starts_at_zero():
+    from unblur.nets.prior import PriorTransformerConfig, PriorTransformerNet
+
+    net = PriorTransformerNet(PriorTransformerConfig(dim=6, cond_dim=4, width=32, layers=2, heads=2)).eval()
+    x, c, e = torch.randn(5, 6), torch.rand(5), torch.randn(5, 4)
+    assert torch.equal(net(x, c, {"embedding": e}), torch.zeros(5, 6))  # the output layer starts at zero
+    torch.nn.init.normal_(net.output.weight)
+    with torch.no_grad():
+        out = net(x, c, {"embedding": e})
+        assert out.shape == (5, 6) and torch.isfinite(out).all()
+        assert not torch.allclose(out, net(x, c, {"embedding": e.flip(0)}))  # it reads the text embedding
+        assert not torch.allclose(out, net(x, c.flip(0), {"embedding": e}))  # and the noise level
+        assert torch.equal(net(x, c, None), net(x, c, {"embedding": torch.zeros(5, 4)}))  # zeros are the null
+    with pytest.raises(ValueError, match=r"expects x_in of shape \(B, 6\)"):
+        net(torch.randn(5, 7), c)
+
+
+@pytest.mark.parametrize("prior_net", ["mlp", "transformer"])
+def test_the_prior_learns_a_linear_gaussian_conditional(prior_net):
     """Synthetic (text, image) embeddings with image = A text + 0.3 n: given a text embedding t,
     the image embedding is N(A t, 0.09 I) exactly. The prior's network (the residual MLP with its
-    embedding input, x0-prediction on the cosine VP process, condition dropout 0.1) trained on
+    embedding input, or the prior transformer; x0-prediction on the cosine VP process, condition
+    dropout 0.1) trained on
     6000 pairs and sampled with dpmpp-2m at guidance 1 is compared with that law, and with the
     exact denoiser of that Gaussian (``analytic.GaussianMixture``) through the same sampler.
 
@@ -97,7 +116,9 @@ def test_the_prior_learns_a_linear_gaussian_conditional():
     txt = torch.nn.functional.normalize(torch.randn(6000, T, generator=g), dim=1)
     img = txt @ A.T + s * torch.randn(6000, D, generator=g)
     cfg = apply_overrides(Config(), {"model.kind": "prior", "cond.clip": "encoder", **PRIOR_DEFAULTS,
-                                     "model.hidden": 128, "process.sigma_data": round(float(img.std()), 4)})
+                                     "model.prior_net": prior_net, "model.hidden": 128,
+                                     "model.depth": 3 if prior_net == "transformer" else 4,
+                                     "process.sigma_data": round(float(img.std()), 4)})
     info = DataInfo(kind="vector", shape=(D,), source="test:linear", num_items=len(img),
                     clip={"dim": T, "role": "prior"})
     torch.manual_seed(0)
@@ -129,8 +150,8 @@ def test_the_prior_learns_a_linear_gaussian_conditional():
         for name, y in (("prior", x[k]), ("exact denoiser", ref)):
             err = float((y.mean(0) - mean).norm())
             std = y.std(0)
-            assert err < 0.12, (name, k, err)
-            assert ((std / s - 1).abs() < 0.25).all(), (name, k, std)
+            assert err < 0.12, (prior_net, name, k, err)
+            assert ((std / s - 1).abs() < 0.25).all(), (prior_net, name, k, std)
 
 
 # -- the three runs end to end through the CLI ----------------------------------------------------

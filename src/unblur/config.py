@@ -45,7 +45,7 @@ class DataConfig:
 class ModelConfig:
     kind: str = "auto"  # unet | mlp | auto (unet for images, mlp for vectors) | autoencoder (see [autoencoder]) |
     #   clip (a contrastive text-image encoder, see [clip]) | prior (diffusion over a clip run's image embeddings
-    #   given its text embeddings: the residual MLP; needs cond.clip)
+    #   given its text embeddings: model.prior_net; needs cond.clip)
     # The four U-Net sizes: None takes the preset for the image size and the device (nets.presets), which
     # training writes into the run's config; a config saved with None builds the reference (GPU) sizes.
     base_channels: int | None = None  # U-Net width at the top level
@@ -53,8 +53,10 @@ class ModelConfig:
     num_res_blocks: int | None = None  # residual blocks per level
     attn_resolutions: tuple[int, ...] | None = None  # downsampling factors with self-attention (1 = full size)
     dropout: float = 0.0  # dropout inside residual blocks
-    hidden: int = 128  # MLP width
-    depth: int = 4  # MLP residual blocks
+    hidden: int = 128  # MLP width (and the prior transformer's width)
+    depth: int = 4  # MLP residual blocks (and the prior transformer's layers)
+    prior_net: str = "mlp"  # kind=prior: mlp (the residual MLP) | transformer (over the tokens [text embedding,
+    #   noise level, noised image embedding, query], Ramesh et al. 2022)
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,7 @@ RULES: dict[str, Rule] = {
     "model.dropout": _within(0, 1, below_hi=True),
     "model.hidden": _at_least(1),
     "model.depth": _at_least(1),
+    "model.prior_net": _one_of("mlp", "transformer"),
     "process.kind": _one_of(*GAUSSIAN_PROCESSES, *COLD_PROCESSES),
     "process.schedule": _one_of(*SCHEDULES),
     "process.num_steps": _at_least(2),

@@ -60,7 +60,8 @@ def data_info_of(data) -> DataInfo:
 def build_net(cfg: Config, data_info: DataInfo) -> nn.Module:
     """The raw network (U-Net or MLP) for the data, with the conditioning inputs ``cfg.cond`` asks for;
     for ``model.kind=autoencoder`` the ``AutoencoderKL`` of ``cfg.autoencoder`` and for ``clip`` the
-    contrastive ``ClipModel`` (neither a ``Net``); for ``prior`` the MLP with an embedding input."""
+    contrastive ``ClipModel`` (neither a ``Net``); for ``prior`` the MLP with an embedding input or the
+    prior transformer (``model.prior_net``)."""
     from ..nets import MLPConfig, MLPDenoiserNet, default_unet_config
 
     m = cfg.model
@@ -84,6 +85,13 @@ def build_net(cfg: Config, data_info: DataInfo) -> nn.Module:
         from ..conditioning.embedding import embedding_dim
 
         embed_scale = 250.0 if cfg.process.kind == "edm" else 1.0
+        if m.prior_net == "transformer":
+            from ..nets.prior import PriorTransformerConfig, PriorTransformerNet
+
+            heads = next(h for h in range(max(1, m.hidden // 64), 0, -1) if m.hidden % h == 0)  # 64-wide heads
+            return PriorTransformerNet(PriorTransformerConfig(
+                dim=data_info.shape[0], cond_dim=embedding_dim(data_info), width=m.hidden, layers=m.depth,
+                heads=heads, noise_embed_scale=embed_scale, dropout=m.dropout))
         return MLPDenoiserNet(MLPConfig(dim=data_info.shape[0], hidden=m.hidden, depth=m.depth, dropout=m.dropout,
                                         noise_embed_scale=embed_scale, cond_dim=embedding_dim(data_info)))
     if kind == "auto":
