@@ -449,3 +449,12 @@ def test_token_dropout_drops_at_its_rate_and_never_empties_a_caption():
     assert not (out & ~mask).any() and out.any(1).all()
     assert out[0, 0] and abs(out[1:].sum() / mask[1:].sum() - 0.7) < 0.01
     assert drop_tokens(mask, 0.0) is mask
+
+
+def test_info_describes_the_encoder_and_the_prior(chain, unblur_cli):
+    r = unblur_cli("info", chain["clip"])
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "contrastive encoder: 3x16x16 images and captions -> 8-wide unit embeddings" in r.stdout
+    assert "held out:" in r.stdout and "text->image top-1" in r.stdout
+    r = unblur_cli("info", chain["prior"])
+    assert r.returncode == 0 and "PriorTransformerNet" in r.stdout, r.stderr[-1500:]

@@ -23,8 +23,11 @@ def run_info(args) -> int:
     from ..runs.pretrained import builtin_path, is_builtin
 
     path = builtin_path(args.run) if is_builtin(args.run) else Path(args.run)
-    if model_kind(path / MODEL_FILE if path.is_dir() else path) == "autoencoder":
+    kind = model_kind(path / MODEL_FILE if path.is_dir() else path)
+    if kind == "autoencoder":
         return _autoencoder_info(path)
+    if kind == "clip":
+        return _clip_info(path)
     run = Run.load(args.run, device="cpu")
     info, net = run.data, run.net
     params = count_parameters(net, trainable_only=False)  # a loaded run has gradients off
@@ -102,6 +105,40 @@ def _autoencoder_info(path: Path) -> int:
           "unblur.pipelines.load_autoencoder opens it")
     print("config:")
     print(cfg.to_json())
+    return 0
+
+
+def _clip_info(path: Path) -> int:
+    """``unblur info`` for a contrastive encoder run: towers, embedding width, held-out retrieval."""
+    from ..nets import count_parameters
+    from ..pipelines.unclip import load_clip
+    from ..runs import STATE_FILE
+    from ..runs.checkpoint import model_step
+
+    enc = load_clip(path, device="cpu")
+    folder, c = Path(enc.path), enc.config.clip
+    held = [r for r in read_jsonl(folder / "metrics.jsonl") if "heldout_t2i_top1" in r]
+    C, H, W = enc.image_shape
+    print(f"run:        {path}")
+    print(f"kind:       contrastive encoder: {C}x{H}x{W} images and captions -> {enc.dim}-wide unit embeddings")
+    print(f"data:       {enc.config.data.source}")
+    text = "a learned text encoder" if c.text_encoder == "learned" else f"{c.text_encoder} caption features (frozen)"
+    print(f"network:    CNN widths {','.join(map(str, c.widths))}; {text}, {c.text_head} head; "
+          f"{count_parameters(enc.model, trainable_only=False):,} parameters; logit scale "
+          f"{float(enc.model.scale()):.2f} (bound {c.max_logit_scale:g})")
+    if held:
+        last = held[-1]
+        zs = f", zero-shot {last['heldout_zero_shot']:.3f}" if "heldout_zero_shot" in last else ""
+        print(f"held out:   {c.holdout:.0%} of the pairs: text->image top-1 {last['heldout_t2i_top1']:.3f}, "
+              f"image->text top-1 {last['heldout_i2t_top1']:.3f}, pair cosine {last['heldout_pair_cosine']:.3f}"
+              f"{zs} (step {last['step']})")
+    print(f"trained:    {model_step(folder / 'model.safetensors')} steps"
+          + ("" if (folder / STATE_FILE).exists() else " (no resume state)"))
+    print(f"weights:    sha256 {enc.sha256}")
+    print(f"use:        a prior (unblur train --model prior --clip {str(path)!r}), a decoder (unblur train --clip "
+          f"{str(path)!r}), unblur eval --clip {str(path)!r}; in Python, unblur.pipelines.unclip.load_clip")
+    print("config:")
+    print(enc.config.to_json())
     return 0
 
 
