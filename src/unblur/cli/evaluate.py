@@ -116,7 +116,6 @@ def _settings(args, run, **changes):
 def run_eval(args) -> int:
     from ..eval.report import evaluate
     from ..runs import Run
-    from ..utils import atomic_write_bytes
 
     run = Run.load(args.run, device=args.device)
     plan = run.plan(args.sampler, args.steps, args.grid)
@@ -132,9 +131,16 @@ def run_eval(args) -> int:
     report = evaluate(run.sampling_denoiser(), run.process, *_as_images(run), real, settings=settings,
                       device=run.device, progress=progress_factory(), **_latent(run))
     report["run"] = str(args.run)
+    return _write_report(args, report, summarize(report))
+
+
+def _write_report(args, report: dict, text: str) -> int:
+    """Print a report's summary and, with --json, write the report there."""
+    from ..utils import atomic_write_bytes
+
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
-    print(summarize(report))
+    print(text)
     if args.json:
         print(f"report: {args.json}")
     return 0
@@ -150,7 +156,6 @@ def run_prompt_eval(args, run, plan) -> int:
     from ..runs import Run
     from ..runs.unclip import Unclip
     from ..text.encoders import check_prompts
-    from ..utils import atomic_write_bytes
     from .sample import read_prompts
 
     prompts = check_prompts(read_prompts(args))
@@ -190,12 +195,7 @@ def run_prompt_eval(args, run, plan) -> int:
     report = prompt_report(clip, torch.cat(xs), [p for p in prompts for _ in range(n)], seed=args.seed)
     report.update(run=str(args.run), prompts=len(prompts), per_prompt=n, sampler=plan.sampler, steps=plan.steps,
                   prior=str(args.prior) if args.prior else None)
-    if args.json:
-        atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
-    print(summarize_prompts(report))
-    if args.json:
-        print(f"report: {args.json}")
-    return 0
+    return _write_report(args, report, summarize_prompts(report))
 
 
 def summarize(report: dict) -> str:

@@ -73,6 +73,8 @@ def unclip_request(args, run, prompts: list[str]) -> tuple[dict, dict]:
     the request records) for ``--prior`` / ``--variations-of`` / ``--interpolate`` / ``--text-diff``."""
     import hashlib
 
+    import torch
+
     from ..images import read_image
     from ..runs import Run
     from ..runs.unclip import Unclip
@@ -117,15 +119,9 @@ def unclip_request(args, run, prompts: list[str]) -> tuple[dict, dict]:
                                     name=args.variations_of[0])
         record["text_diff"] = [r, *args.text_diff, args.frames, args.amount]
         return {"n": 1, "embeddings": z, "embedding_labels": labels, "shared_seed": True}, record
-    z, labels = chain.variations(torch_cat([x for x, _ in images]), names=args.variations_of)
+    z, labels = chain.variations(torch.cat([x for x, _ in images]), names=args.variations_of)
     record["variations_of"] = [r for _, r in images]
     return {"n": args.n, "embeddings": z, "embedding_labels": labels, "shared_seed": False}, record
-
-
-def torch_cat(xs):
-    import torch
-
-    return torch.cat(xs)
 
 
 def read_prompts(args) -> list[str]:

@@ -286,7 +286,9 @@ def describe_model(data_info: DataInfo, net: nn.Module, device: torch.device, ho
     ``model.* as given``, ``the run's own``), its size in words, parameters and FLOPs."""
     params = f"{count_parameters(net) / 1e6:.2f} M parameters"
     if data_info.kind != "image":
-        if hasattr(net.cfg, "layers"):  # the prior transformer
+        from ..nets.prior import PriorTransformerNet
+
+        if isinstance(net, PriorTransformerNet):
             return (f"model: prior transformer, width {net.cfg.width}, {net.cfg.layers} layers, {net.cfg.heads} "
                     f"heads; {params}; set model.hidden, model.depth to choose")
         return (f"model: MLP, width {net.cfg.hidden}, {net.cfg.depth} blocks; {params}; set model.hidden, "
