@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-fast lint demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	bash scripts/need_chromium.sh
 	$(BIN)/python -m pytest -q
+
+# The inner loop: no lint, no end-to-end runs marked slow, stop at the first failure. CI runs `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python -m unblur demo

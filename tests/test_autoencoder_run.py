@@ -18,7 +18,7 @@ from unblur.pipelines import load_autoencoder
 from unblur.pipelines.autoencoder import build_autoencoder, latent_scale
 from unblur.runs.checkpoint import load_train_state, save_model
 from unblur.training import train
-from unblur.training.autoencoder import holdout_split
+from unblur.kinds.autoencoder import holdout_split
 from unblur.types import DataInfo
 
 # A tiny autoencoder on the 8x8 digits: 2x2x4 latents, about 0.2 M parameters.
@@ -98,7 +98,7 @@ def test_structure_terms_vanish_on_equal_images_and_follow_ssim():
 
 @pytest.mark.parametrize("rec", ["l1", "l2", "l1+l2"])
 def test_the_reconstruction_term_is_the_one_asked_for(rec):
-    from unblur.training.autoencoder import AutoencoderLoss
+    from unblur.kinds.autoencoder import AutoencoderLoss
 
     cfg = _cfg(**{"autoencoder.rec_loss": rec, "autoencoder.kl_weight": 0.0, "autoencoder.logvar_init": -30.0,
                   "autoencoder.widths": "8,8,8", "autoencoder.norm_groups": 4})
@@ -214,7 +214,7 @@ def test_load_autoencoder_refuses_what_is_not_one(tmp_path):
     diffusion = tmp_path / "diffusion"
     diffusion.mkdir()
     save_model(diffusion / "model.safetensors", {}, Config(), DataInfo(kind="image", shape=(1, 8, 8)))
-    with pytest.raises(ValueError, match="diffusion run .*not an autoencoder"):
+    with pytest.raises(ValueError, match="model.kind=auto run, not an autoencoder"):
         load_autoencoder(diffusion)
     bad = tmp_path / "bad"
     bad.mkdir()

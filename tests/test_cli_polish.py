@@ -19,10 +19,6 @@ from unblur.runs import Run
 from unblur.sampling import resolve_sampler, sampler_error
 
 OLD = Path(__file__).parent / "fixtures" / "old_runs"
-TINY = {"model.base_channels": 8, "model.channel_mult": "1,2", "model.num_res_blocks": 1, "train.steps": 1,
-        "train.batch_size": 8, "train.sample_every": 0, "train.checkpoint_every": 0, "sample.grid_n": 0,
-        "train.keep_checkpoints": 0}
-
 
 def _grey(folder: Path, sizes: dict[str, tuple[int, int]], seed: int = 0) -> Path:
     """Random grey PNGs of the given (H, W) under ``folder``."""
@@ -98,16 +94,11 @@ def test_padding_and_tiles_leave_a_local_denoiser_seamless():
     assert len(seen) > 4 and max(seen) == (16, 16)
 
 
-def test_blend_restores_at_another_size(tmp_path):
+def test_blend_restores_at_another_size(cold_run, tmp_path):
     """Blend restoration recovers its partner image from x_t and x0_hat at each step (layer_of):
     it needs no partner images of the input's size."""
-    from unblur.config import Config, apply_overrides
-    from unblur.training import train
-
-    train(apply_overrides(Config(), {**TINY, "process.kind": "blend", "process.blend_data": "builtin:digits"}),
-          tmp_path / "blend", progress=False)
     inp = _grey(tmp_path / "in", {"x.png": (12, 10)})
-    assert main(["restore", str(tmp_path / "blend"), "--input", str(inp), "--out", str(tmp_path / "o"),
+    assert main(["restore", str(cold_run("blend")), "--input", str(inp), "--out", str(tmp_path / "o"),
                  "--level", "0.5", "--steps", "2"]) == 0
     assert Image.open(tmp_path / "o" / "x.png").size == (10, 12)
 

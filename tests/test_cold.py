@@ -13,7 +13,7 @@ from unblur.eval.restoration import psnr, ssim
 from unblur.processes.cold import COLD_PROCESSES, ColdProcess
 from unblur.processes.degradations.blur import blur_matrix
 from unblur.processes.gaussian import EDMProcess
-from unblur.sampling import generate
+from unblur.sampling import generate, get_sampler
 from unblur.sampling.cold import estimate_level, restore, sample_cold, sample_cold_naive
 
 OTHERS = torch.rand(6, 3, 7, 11, generator=torch.Generator().manual_seed(9)) * 2 - 1
@@ -124,18 +124,18 @@ def exact(x0):
     return lambda x, t, cond=None: x0.to(x.dtype)
 
 
-@pytest.mark.parametrize("sampler", [sample_cold, sample_cold_naive])
+@pytest.mark.parametrize("sampler", ColdProcess.samplers)
 def test_cold_samplers_with_the_exact_restorer_recover_x0_along_the_degradation_path(sampler):
     x0 = images(3, (3, 8, 6))
     for p in every_process((3, 8, 6)):
         gens = [torch.Generator().manual_seed(i) for i in range(3)]
-        layer = p.draw_layer(x0, gens) if p.kind in ("blend", "noise") else None
+        layer = p.draw_layer(x0, gens) if p.layer_linear else None  # blend, noise: the samplers recover it
         x1 = p.degrade(x0, 1.0, layer=layer) if layer is not None else p.degrade(x0, 1.0)
         grid = torch.linspace(1, 0, 9, dtype=torch.float64)
         path: list = []
-        out = sampler(exact(x0), x1, grid, process=p, callback=path.append)
+        out = get_sampler(sampler)(exact(x0), x1, grid, process=p, callback=path.append)
         assert torch.allclose(out, x0, atol=1e-5), name(p)
-        if p.kind != "snow":  # each state is the degradation of x0 at its level (snow: the sampler's own layer)
+        if not p.stochastic or p.layer_linear:  # each state is x0 degraded to its level (snow: the walk's own layer)
             for info in path:
                 s, xs = float(info.sigma_next), info.x
                 want = p.degrade(x0, s, layer=layer) if layer is not None else p.degrade(x0, s)
@@ -161,7 +161,7 @@ def test_restore_and_level_estimation_with_the_exact_restorer():
     levels = torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     xt = p.degrade(x0, levels)
     assert torch.allclose(estimate_level(exact(x0), xt, process=p), levels)
-    for sampler in ("cold", "cold-naive", "one-shot"):
+    for sampler in (*p.samplers, "one-shot"):
         for lv in (0.5, 1.0):
             got = restore(exact(x0), p.degrade(x0, lv), lv, process=p, sampler=sampler, steps=8)
             assert torch.allclose(got, x0, atol=1e-5), (sampler, lv)

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import struct
-import time
 import warnings
 import zlib
 
@@ -321,17 +320,20 @@ def test_decompression_bomb_is_a_bad_file_never_decoded(tmp_path, monkeypatch):
         _save(_rgb(8, 8), root / f"{i}.png")
     bomb = _png_bomb(root / "bomb.png")
     assert bomb.stat().st_size < 100_000
-    loaded = []
-    real_load = ImageFile.ImageFile.load
+    # The work that a decoded bomb costs, counted: every image file loaded (``load``) and every
+    # pixel buffer Pillow allocates (``Image.core.new``, where decoding writes its pixels).
+    loaded, allocated = [], []
+    real_load, real_new = ImageFile.ImageFile.load, Image.core.new
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loaded.append(im.size) or real_load(im))
+    monkeypatch.setattr(Image.core, "new", lambda mode, size, *a: allocated.append(size) or real_new(mode, size, *a))
 
-    start = time.perf_counter()
     with pytest.warns(DataWarning) as record:
         data = load_data(root)
-    assert time.perf_counter() - start < 1.0
     (message,) = _messages(record)
     assert "bomb.png" in message and "12000x12000" in message and "not decoded" in message
     assert len(data) == 10 and (12000, 12000) not in loaded
+    assert sorted(loaded) == [(8, 8)] * 10  # the ten good files decoded, each once; the bomb never
+    assert allocated and max(w * h for w, h in allocated) <= 8 * 8  # no buffer larger than a good image
 
     with pytest.raises(ValueError, match=r"bomb\.png.*12000x12000 pixels.*max_pixels"):
         read_image(bomb)

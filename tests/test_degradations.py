@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unblur.config import ProcessConfig
-from unblur.processes.cold import COLD_PROCESSES, ColdProcess, build_cold_process, check_process_config
+from unblur.processes.cold import COLD_PROCESSES, COLD_SAMPLERS, ColdProcess, build_cold_process, check_process_config
 from unblur.processes.degradations import DEGRADATIONS, Jpeg, get_degradation
 from unblur.utils import seeded_generators
 
@@ -105,8 +105,15 @@ def test_scalar_and_per_image_levels_agree_and_invalid_levels_raise(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_the_process_protocol(name):
     p = process(name)
-    assert p.kind == name and p.default_sampler == "cold" and p.samplers == ("cold", "cold-naive")
+    assert p.kind == name and p.default_sampler == "cold" and p.samplers == COLD_SAMPLERS
     assert p.loss_key == "restore_loss" and p.sampler_options() == {"process": p}
+    assert p.restores and p.restore_sampler in (*COLD_SAMPLERS, "one-shot") and p.precond == "cold"
+    if p.inpaints:  # what editing.cold_inpaint reads: the masked fraction at each level, and the fill value
+        m = p.mask(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), (12, 10))
+        assert m.shape == (3, 1, 12, 10) and float(m[0].max()) == 0 and float(m[2].min()) == 1
+        assert isinstance(p.fill, float)
+    if p.degradation.partner_data:  # a config key naming the second data set the caller reads
+        assert p.degradation.partner_data in ProcessConfig.__dataclass_fields__
     levels = p.levels(4, "karras")
     assert levels.dtype == torch.float64 and levels.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
     x = smooth(3)

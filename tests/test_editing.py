@@ -117,7 +117,7 @@ def test_strength_zero_returns_the_input_and_strength_one_equals_plain_sampling(
     x0 = gm.sample(8, generator=torch.Generator().manual_seed(0))
     same = edit(gm.denoiser(), x0, process=EDM, strength=0.0, steps=10)
     assert torch.equal(same, x0)
-    for sampler in ("dpmpp-2m", "euler-ancestral"):
+    for sampler in EDM.samplers:  # every sampler of a Gaussian process
         e = edit(gm.denoiser(), x0, process=EDM, sampler=sampler, strength=1.0, steps=10,
                  generator=seeded_generators(range(8)))
         plain = generate(gm.denoiser(), (8, 2), process=EDM, sampler=sampler, steps=10, grid="karras",

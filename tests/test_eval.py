@@ -259,18 +259,11 @@ def test_cli_sweep_writes_table_and_plot(digits_run, tmp_path, monkeypatch, caps
     assert "| data floor |" in capsys.readouterr().out
 
 
-def test_cli_eval_nll_of_a_toy_run(tmp_path, monkeypatch):
+def test_cli_eval_nll_of_a_toy_run(toy_run, tmp_path, monkeypatch):
     from unblur.cli import main
-    from unblur.config import Config, apply_overrides
-    from unblur.training import train
 
-    run = tmp_path / "toy"
-    cfg = apply_overrides(Config(), {"data.source": "builtin:toy2d:gaussians8", "model.hidden": 64,
-                                     "model.depth": 2, "train.steps": 20, "train.batch_size": 64,
-                                     "train.sample_every": 0, "train.checkpoint_every": 0, "sample.grid_n": 0})
-    train(cfg, run, progress=False)
     out = tmp_path / "toy.json"
-    assert main(["eval", str(run), "--n", "300", "--steps", "4", "--likelihood-n", "50", "--ode-steps", "4",
+    assert main(["eval", str(toy_run), "--n", "300", "--steps", "4", "--likelihood-n", "50", "--ode-steps", "4",
                  "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["settings"]["metrics"] == ["fid", "kid", "pr", "nll"] and r["settings"]["features"] == "vectors"

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from unblur.cli import main
+from unblur.conditioning import text_encoder_default
 from unblur.config import Config, apply_overrides
 from unblur.nets import count_parameters, default_unet_config
 from unblur.nets.presets import unet_preset
@@ -121,7 +122,9 @@ def test_speed_line_for_a_time_and_a_step_budget():
 # -- 4. and 6. what the data is, and its classes and captions used by default --------------------
 
 def test_a_folder_says_what_it_holds_and_trains_on_its_classes_and_captions(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(trainer, "text_encoder_default", lambda: "learned")  # MiniLM is tested elsewhere
+    import unblur.conditioning.defaults as defaults
+
+    monkeypatch.setattr(defaults, "text_encoder_default", lambda: "learned")  # MiniLM is tested elsewhere
     data, run = _folder(tmp_path / "d", captions=True), tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--steps", "1", *SMALL]) == 0
     out = capsys.readouterr().out
@@ -163,7 +166,7 @@ def test_the_text_encoder_falls_back_to_the_learned_one(monkeypatch):
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert trainer.text_encoder_default() == "learned"
+    assert text_encoder_default() == "learned"
 
 
 # -- 5. unblur data ----------------------------------------------------------------------------------

@@ -52,13 +52,20 @@ def test_latent_run_trains_on_cached_latents_with_a_measured_scale(runs):
     z = np.load(cache[0])
     assert z.shape == (1797, 4, 4, 4)
     from unblur.runs import Run
+    from unblur.types import LatentRecord
 
     run = Run.load(root / "ldm", device="cpu")
     lat = run.data.latent
-    assert run.data.shape == (4, 4, 4) and run.image_shape == (1, 16, 16)
-    scaled = (torch.from_numpy(z).double() - lat["shift"]) * lat["scale"]  # unit variance, zero mean
+    assert isinstance(lat, LatentRecord) and lat == run.latent.record(embedded=False)
+    assert run.data.shape == (4, 4, 4) and run.image_shape == (1, 16, 16) and lat.latent_shape == (4, 4, 4)
+    scaled = (torch.from_numpy(z).double() - lat.shift) * lat.scale  # unit variance, zero mean
     assert abs(float(scaled.std()) - 1) < 1e-4 and abs(float(scaled.mean())) < 1e-4
-    assert lat["sha256"] == run.latent.ae.sha256 and Path(lat["autoencoder"]) == (root / "ae").resolve()
+    assert lat.sha256 == run.latent.ae.sha256 and Path(lat.path) == (root / "ae").resolve()
+    raw = (root / "ldm" / "model.safetensors").read_bytes()  # the record's JSON keeps the keys of its dict form
+    meta = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    assert json.loads(meta["data_info"])["latent"] == {
+        "autoencoder": lat.path, "sha256": lat.sha256, "kind": lat.kind, "shift": lat.shift, "scale": lat.scale,
+        "image_shape": [1, 16, 16], "latent_shape": [4, 4, 4], "embedded": False}
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     assert run.encode(x).shape == (2, 4, 4, 4) and run.decode(run.encode(x)).shape == (2, 1, 16, 16)
     grids = sorted((root / "ldm" / "samples").glob("step-*.png"))

@@ -78,3 +78,24 @@ def test_conversions_round_trip():
 def test_unknown_prediction_is_an_error():
     with pytest.raises(ValueError, match="prediction type 'epsilon'"):
         VPPrecond(Oracle(), DiscreteVP(), "epsilon")
+
+
+def test_every_process_row_builds_its_denoiser_with_the_process_sigma_data():
+    """``build_denoiser`` reads the row a process names (``process.precond``) and the sigma_data it
+    declares: EDM's measured value, the 0.5 of a VE process or a cold one."""
+    from dataclasses import replace
+
+    from unblur.config import Config
+    from unblur.precond import ColdPrecond
+    from unblur.processes import ColdProcess, EDMProcess, VEProcess
+    from unblur.runs.build import PRECONDS, build_denoiser
+
+    cfg = Config()
+    cfg = replace(cfg, objective=replace(cfg.objective, prediction="v"))
+    for process, want in [(EDMProcess(sigma_data=0.3), EDMPrecond), (VEProcess(), EDMPrecond),
+                          (ColdProcess("noise"), ColdPrecond)]:
+        assert process.precond in PRECONDS
+        D = build_denoiser(cfg, Oracle(), process)
+        assert type(D) is want and D.sigma_data == pytest.approx(process.sigma_data), process
+    vp = build_denoiser(cfg, Oracle(), DiscreteVP("linear", 100))
+    assert type(vp) is VPPrecond and vp.prediction == "v"  # its row reads the objective's prediction instead

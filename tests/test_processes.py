@@ -177,3 +177,167 @@ def test_bad_grid_and_schedule_names_are_errors():
         make_grid("trailing", 10, EDMProcess())
     with pytest.raises(ValueError, match="exceeds"):
         timesteps_for(2000, 1000, "leading")
+
+
+# -- the Process protocol, run over the registry --------------------------------------------------------
+def _partners(source, shape):
+    """The reader of a second data set (blend's) in these tests: seeded images of ``shape``."""
+    return torch.rand(6, *shape, generator=torch.Generator().manual_seed(9)) * 2 - 1
+
+
+def _build(name, shape=(3, 8, 8), cold_start=None):
+    """The registered process ``name`` from the default config, through its factory alone."""
+    from dataclasses import replace
+
+    from unblur.config import Config
+    from unblur.processes import PROCESSES
+    from unblur.types import DataInfo
+
+    cfg = Config()
+    cfg = replace(cfg, process=replace(cfg.process, kind=name, blend_data="partners"))
+    info = DataInfo(kind="image", shape=shape, cold_start=cold_start)
+    return PROCESSES[name](cfg, info, read_data=_partners)
+
+
+def _protocol_members():
+    """Every attribute and method ``types.Process`` declares."""
+    from unblur.types import Process
+
+    methods = [k for k, v in vars(Process).items() if callable(v) and not k.startswith("_")]
+    return [*Process.__annotations__, *methods]
+
+
+def _registered():
+    from unblur.processes import PROCESSES
+
+    return list(PROCESSES)
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_every_registered_process_keeps_the_protocol(name):
+    from unblur.config import ObjectiveConfig
+    from unblur.runs.build import PRECONDS
+    from unblur.sampling import SAMPLERS
+
+    p = _build(name)
+    missing = [m for m in _protocol_members() if not hasattr(p, m)]
+    assert not missing, f"the {name} process lacks {missing}"
+    assert p.kind == name
+    assert set(p.samplers) <= set(SAMPLERS) and p.default_sampler in p.samplers
+    assert p.precond in PRECONDS and p.loss_key in ObjectiveConfig.__dataclass_fields__
+    assert p.sigma_data > 0
+    if p.restores:
+        assert p.restore_sampler in (*p.samplers, "one-shot")
+    else:  # a noise process: it generates, and restores nothing
+        assert p.restore_sampler is None and not p.level_estimable and p.can_generate
+    x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(p.degrade(x0, 0.0, torch.Generator().manual_seed(1)), x0)
+    levels = p.levels(4, "karras")
+    assert levels.dtype == torch.float64 and len(levels) == 5 and levels[-1] == 0 and (levels.diff() < 0).all()
+    top = float(levels[0])
+    x_t = p.degrade(x0, torch.tensor([0.0, top / 2, top, top], dtype=torch.float64), torch.Generator().manual_seed(1))
+    assert x_t.shape == x0.shape and torch.equal(x_t[0], x0[0]) and not torch.equal(x_t[3], x0[3])
+    layer_from = torch.Generator().manual_seed(2)
+    level, pair = p.training_pair(x0, layer_from)
+    assert level.shape == (4,) and pair.shape == x0.shape and torch.isfinite(pair).all()
+    pic = p.picture(x0, torch.tensor([0.0, 0.3, 0.6, 1.0]), torch.Generator().manual_seed(3))
+    assert pic.shape == x0.shape and torch.equal(pic[0], x0[0])
+    stats = p.fit_start(torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(6)) * 2 - 1)
+    if p.can_generate:  # the start of generation, after the statistics it needs are fitted (DataInfo.cold_start)
+        q = _build(name, cold_start=stats) if stats else p
+        start = q.prior((2, 3, 8, 8), torch.Generator().manual_seed(4), level=top)
+        assert start.shape == (2, 3, 8, 8) and torch.isfinite(start).all()
+
+
+def _shrink(x, level, cond=None):
+    """The exact denoiser of N(0, I) data in VE scale, x / (1 + sigma^2); a fine stand-in restorer."""
+    return x / (1 + level.reshape(-1, *[1] * (x.ndim - 1)) ** 2)
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_every_sampler_of_a_process_walks_its_levels_at_its_counted_cost(name):
+    from unblur.sampling import get_sampler, nfe
+
+    p = _build(name)
+    x0 = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    levels = p.levels(3, "karras")
+    calls = []
+
+    def D(x, level, cond=None):
+        calls.append(len(x))
+        return _shrink(x, level)
+
+    for sampler in p.samplers:
+        calls.clear()
+        g = torch.Generator().manual_seed(5)
+        x = p.degrade(x0, float(levels[0]), g)
+        out = get_sampler(sampler)(D, x, levels, generator=g, **p.sampler_options())
+        assert out.shape == x0.shape and torch.isfinite(out).all(), sampler
+        assert len(calls) == nfe(sampler, 3), (sampler, len(calls))
+
+
+def test_every_registered_sampler_applies_to_some_registered_process():
+    from unblur.sampling import SAMPLERS
+
+    accepted = {s for name in _registered() for s in _build(name).samplers}
+    assert accepted == set(SAMPLERS)
+
+
+def test_a_new_forward_process_needs_only_its_class_and_its_register_line():
+    """A throwaway process, VE with sigma linear in t, registered and built through the registry
+    alone: ``runs.build.build_process`` builds it from a Config, its ``precond`` row makes its
+    denoiser, and the samplers it lists reproduce a mixture with the exact denoiser."""
+    from dataclasses import dataclass, replace
+
+    from torch import nn
+
+    from unblur.analytic import example_mixture
+    from unblur.config import Config
+    from unblur.eval.distances import energy_distance
+    from unblur.processes import PROCESSES, register_process
+    from unblur.runs.build import build_denoiser, build_process
+    from unblur.sampling import generate
+    from unblur.types import DataInfo
+
+    @dataclass
+    class LinearVE(VEProcess):
+        """sigma(t) = sigma_min + t (sigma_max - sigma_min)."""
+
+        kind = "ve-linear"
+
+        def sigma(self, t):
+            return self.sigma_min + t * (self.sigma_max - self.sigma_min)
+
+        def t_of_sigma(self, sigma):
+            return (sigma - self.sigma_min) / (self.sigma_max - self.sigma_min)
+
+        @classmethod
+        def from_config(cls, cfg, data_info=None, *, read_data=None):
+            return cls(sigma_min=cfg.process.sigma_min, sigma_max=cfg.process.sigma_max)
+
+    class Zero(nn.Module):
+        def forward(self, x, c_noise, cond=None):
+            return torch.zeros_like(x)
+
+    register_process("ve-linear", LinearVE.from_config)
+    try:
+        cfg = Config()
+        cfg = replace(cfg, process=replace(cfg.process, kind="ve-linear", sigma_min=0.01, sigma_max=40.0))
+        p = build_process(cfg, DataInfo(kind="vector", shape=(2,)))
+        assert isinstance(p, LinearVE) and (p.sigma_min, p.sigma_max) == (0.01, 40.0)
+        t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+        assert torch.allclose(p.t_of_sigma(p.sigma(t)), t) and float(p.sigma(t)[1]) == pytest.approx(20.005)
+        # Its precond row ("edm", inherited) makes the denoiser: a zero network leaves c_skip x.
+        D = build_denoiser(cfg, Zero(), p)
+        x, s = torch.randn(3, 2, dtype=torch.float64), torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
+        assert torch.allclose(D(x, s), (0.25 / (s**2 + 0.25))[:, None] * x)
+        level, x_t = p.training_pair(torch.zeros(5, 2), torch.Generator().manual_seed(0))
+        assert level.shape == (5,) and ((level >= 0.01) & (level <= 40.0)).all() and x_t.shape == (5, 2)
+        gm = example_mixture()
+        g = torch.Generator().manual_seed(1)
+        ref = gm.sample(1000, generator=g)
+        floor = energy_distance(gm.sample(1000, generator=g), gm.sample(1000, generator=g))
+        x = generate(gm.denoiser(), (1000, 2), process=p, steps=20, generator=g, dtype=torch.float64)
+        assert energy_distance(x, ref) < 5 * floor + 1e-3
+    finally:
+        PROCESSES.pop("ve-linear", None)

@@ -13,10 +13,8 @@ import torch
 from PIL import Image
 
 from unblur.cli import main
-from unblur.config import Config, apply_overrides
 from unblur.processes.cold import COLD_PROCESSES
 from unblur.runs import Run
-from unblur.training import train
 
 OLD = Path(__file__).parent / "fixtures" / "old_runs"
 TINY = {"model.base_channels": 8, "model.channel_mult": "1,2", "model.num_res_blocks": 1, "train.steps": 1,
@@ -99,15 +97,9 @@ def test_show_forward_of_an_old_run(name, tmp_path):
 
 
 @pytest.mark.parametrize("kind", COLD_PROCESSES)
-def test_show_forward_on_a_run_of_every_cold_process(kind, tmp_path):
-    over = {**TINY, "process.kind": kind}
-    if kind == "blend":
-        over["process.blend_data"] = "builtin:digits"
-    if kind == "desaturate":
-        over["data.channels"] = 3
-    train(apply_overrides(Config(), over), tmp_path / kind, progress=False)
+def test_show_forward_on_a_run_of_every_cold_process(kind, cold_run, tmp_path):
     out = tmp_path / "f.png"
-    assert main(["show", "forward", str(tmp_path / kind), "--n", "2", "--levels", "3", "--out", str(out)]) == 0
+    assert main(["show", "forward", str(cold_run(kind)), "--n", "2", "--levels", "3", "--out", str(out)]) == 0
     strip = torch.from_numpy(np.asarray(Image.open(out).convert("L"), dtype=np.float32))
     assert strip.std() > 10  # a picture, not a blank
 

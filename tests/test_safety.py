@@ -51,10 +51,12 @@ def _digits(folder: Path, n: int = 3) -> Path:
 
 # -- 1. --overwrite keeps the old run until the new one has a checkpoint -----------------------
 
-def test_a_failed_overwrite_keeps_the_old_run(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert _train(run) == 0
-    capsys.readouterr()
+def _steps(run: Path) -> int:
+    return json.loads((run / "config.json").read_text())["train"]["steps"]
+
+
+def test_a_failed_overwrite_keeps_the_old_run(tiny_run_copy, tmp_path, capsys):
+    run = tiny_run_copy
     before = (run / "model.safetensors").read_bytes()
     for bad in (["--data", str(tmp_path / "typo")], ["--set", "train.lr=-1"], ["--set", "process.mask_kind=x",
                                                                                  "--process", "mask"]):
@@ -67,9 +69,8 @@ def test_a_failed_overwrite_keeps_the_old_run(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_overwrite_interrupted_during_set_up_keeps_the_old_run(tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    assert _train(run) == 0
+def test_overwrite_interrupted_during_set_up_keeps_the_old_run(tiny_run_copy, tmp_path, monkeypatch):
+    run = tiny_run_copy
     before = (run / "model.safetensors").read_bytes()
     import unblur.training.trainer as trainer
 
@@ -116,6 +117,7 @@ def test_degrade_and_restore_refuse_to_overwrite_their_input(tmp_path, capsys, w
 # -- 3. one writer per folder ------------------------------------------------------------------
 
 def test_a_locked_folder_is_refused_and_says_who_holds_it(tmp_path, capsys):
+    # Its own training: refused while the folder is locked, then trained once the lock is gone.
     run, out = tmp_path / "run", tmp_path / "samples"
     lock = acquire(run, "unblur train")
     try:
@@ -239,19 +241,18 @@ def test_non_finite_options_and_samples_are_errors(tmp_path, capsys):
 
 # -- 5. resume says what it keeps ------------------------------------------------------------------
 
-def test_resume_applies_the_budget_and_refuses_model_changes(tmp_path, capsys, monkeypatch):
-    run = tmp_path / "run"
-    assert _train(run) == 0
-    capsys.readouterr()
+def test_resume_applies_the_budget_and_refuses_model_changes(tiny_run_copy, capsys, monkeypatch):
+    run = tiny_run_copy
+    had = _steps(run)
     assert main(["train", "--out", str(run), "--resume", "--set", "train.lr=0.1"]) == 2
     assert "train.lr=0.1 (the run has 0.001) would change them" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume", "--process", "vp"]) == 2
     capsys.readouterr()
-    assert main(["train", "--out", str(run), "--resume", "--steps", "3", "--set", "train.log_every=5"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--steps", str(had + 1), "--set", "train.log_every=5"]) == 0
     out = capsys.readouterr().out
-    assert "resume: train.steps=3 applies (the run had 2)" in out and "train.log_every=5 applies" in out
-    assert main(["train", "--out", str(run), "--resume"]) == 0  # no budget given: the run's own (now 3)
-    assert "trained 3 steps" in capsys.readouterr().out
+    assert f"resume: train.steps={had + 1} applies (the run had {had})" in out and "train.log_every=5 applies" in out
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # no budget given: the run's own (now had + 1)
+    assert f"trained {had + 1} steps" in capsys.readouterr().out
 
 
 def test_resume_finds_relative_data_from_elsewhere_and_refuses_other_data(tmp_path, capsys, monkeypatch):
@@ -269,6 +270,7 @@ def test_resume_finds_relative_data_from_elsewhere_and_refuses_other_data(tmp_pa
 
 
 def test_metrics_survive_a_cut_line_and_resume_logs_each_step_once(tmp_path, capsys):
+    # Its own training: a checkpoint at every step.
     run = tmp_path / "run"
     assert _train(run, "--set", "train.checkpoint_every=1") == 0
     with (run / "metrics.jsonl").open("a") as f:
@@ -290,9 +292,8 @@ def test_out_that_is_a_file(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
-def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
-    run = tmp_path / "run"
-    assert _train(run) == 0
+def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tiny_run_copy, capsys, monkeypatch):
+    run = tiny_run_copy
     before = (run / "train_state.pt").read_bytes()
     import unblur.runs.checkpoint as ck
 
@@ -301,7 +302,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tmp_path, capsy
 
     monkeypatch.setattr(ck, "atomic_write_bytes", full)
     capsys.readouterr()
-    assert main(["train", "--out", str(run), "--resume", "--steps", "4"]) == 1
+    assert main(["train", "--out", str(run), "--resume", "--steps", str(_steps(run) + 2)]) == 1
     assert "no space left" in _error(capsys.readouterr().err)
     assert (run / "train_state.pt").read_bytes() == before
 

@@ -16,7 +16,7 @@ from unblur.eval.distances import energy_distance
 from unblur.guidance import cfg, clip_x0, dynamic_threshold
 from unblur.precond import VPPrecond
 from unblur.processes import DiscreteVP, EDMProcess, karras_grid, logsnr_grid, make_grid
-from unblur.sampling import SAMPLERS, check_grid, generate, get_sampler, nfe
+from unblur.sampling import SAMPLERS, a1111_name, check_grid, generate, get_sampler, nfe, resolve_sampler, sampler_help
 from unblur.utils import seeded_generators
 
 GM = example_mixture()
@@ -24,27 +24,33 @@ VP = DiscreteVP("linear", 1000)
 EDM = EDMProcess()
 N = 2000
 
-# name -> (process, grid, steps, options): each sampler at its usual step count.
+# Every registered sampler over noise levels (the contract tests below run over these).
+GAUSSIAN = [name for name in SAMPLERS if name in EDM.samplers]
+# Each sampler reproduces the mixture at DEFAULT, or at its usual settings given here:
+# name -> (process, grid, steps, options).
+DEFAULT = (EDM, "karras", 100, {})
 USUAL = {
     "ddpm": (VP, "full", 1000, {}),
-    "ddpm-beta": (VP, "full", 1000, {"variance": "beta"}),
-    "ddpm-subsequence": (VP, "leading", 100, {}),
     "ddim": (VP, "ddim", 50, {}),
-    "ddim-eta1": (VP, "ddim", 100, {"eta": 1.0}),
-    "euler": (EDM, "karras", 100, {}),
-    "euler-ancestral": (EDM, "karras", 100, {}),
     "heun": (EDM, "karras", 18, {}),
-    "heun-churn": (EDM, "karras", 40, {"churn": 40, "s_tmin": 0.05, "s_tmax": 50, "s_noise": 1.003}),
     "dpmpp-2m": (EDM, "karras", 20, {}),
     "dpmpp-2m-sde": (EDM, "karras", 50, {}),
     "pc-langevin": (EDM, "karras", 100, {"norm": "batch"}),
 }
-SAMPLER_OF = {k: k for k in SAMPLERS} | {
-    "ddpm-beta": "ddpm",
-    "ddpm-subsequence": "ddpm",
-    "ddim-eta1": "ddim",
-    "heun-churn": "heun",
+# Variants of a sampler's options: case -> (sampler, process, grid, steps, options).
+VARIANTS = {
+    "ddpm-beta": ("ddpm", VP, "full", 1000, {"variance": "beta"}),
+    "ddpm-subsequence": ("ddpm", VP, "leading", 100, {}),
+    "ddim-eta1": ("ddim", VP, "ddim", 100, {"eta": 1.0}),
+    "heun-churn": ("heun", EDM, "karras", 40, {"churn": 40, "s_tmin": 0.05, "s_tmax": 50, "s_noise": 1.003}),
 }
+
+
+def _case(case):
+    """(sampler, process, grid, steps, options) of a registered sampler or one of its variants."""
+    if case in VARIANTS:
+        return VARIANTS[case]
+    return (case, *USUAL.get(case, DEFAULT))
 
 
 def _stats(x):
@@ -69,13 +75,13 @@ def reference():
     return ref, sum(energy_distance(a, b) for a, b in pairs) / len(pairs)
 
 
-@pytest.mark.parametrize("case", list(USUAL))
+@pytest.mark.parametrize("case", [*GAUSSIAN, *VARIANTS])
 def test_sampler_reproduces_the_mixture(case, reference):
     ref, floor = reference
-    proc, grid, steps, opts = USUAL[case]
+    sampler, proc, grid, steps, opts = _case(case)
     g = torch.Generator().manual_seed(7)
     x = generate(
-        GM.denoiser(), (N, 2), process=proc, sampler=SAMPLER_OF[case], steps=steps, grid=grid,
+        GM.denoiser(), (N, 2), process=proc, sampler=sampler, steps=steps, grid=grid,
         generator=g, dtype=torch.float64, **opts,
     )
     assert torch.isfinite(x).all()
@@ -221,13 +227,13 @@ def test_thresholding_wrappers():
     assert torch.allclose(dynamic_threshold(D)(small, torch.ones(1)), small * 3)
 
 
-STOCHASTIC = ["ddpm", "ddim", "euler-ancestral", "heun", "dpmpp-2m-sde", "pc-langevin"]
+# The samplers that draw noise, at their defaults or under their ``noise_options``.
+STOCHASTIC = [name for name in GAUSSIAN if SAMPLERS[name].stochastic or SAMPLERS[name].noise_options]
 
 
-def _run(name, x, generator):
+def _run(name, x, generator, **opts):
     grid = make_grid("karras", 8, EDM)
-    opts = {"eta": 1.0} if name == "ddim" else {"churn": 10.0} if name == "heun" else {}
-    return SAMPLERS[name](GM.denoiser(), x, grid, generator=generator, **opts)
+    return SAMPLERS[name](GM.denoiser(), x, grid, generator=generator, **{**SAMPLERS[name].noise_options, **opts})
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)
@@ -242,6 +248,15 @@ def test_determinism_and_batch_independence(name):
     # A different seed gives a different sample.
     other = _run(name, x[3:4], seeded_generators([99]))
     assert not torch.allclose(other, a[3:4])
+
+
+@pytest.mark.parametrize("name", GAUSSIAN)
+def test_a_sampler_draws_noise_only_where_its_record_says(name):
+    """At its defaults a sampler not marked ``stochastic`` ignores the generator; one that is does not."""
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
+    grid = make_grid("karras", 6, EDM)
+    a, b = (SAMPLERS[name](GM.denoiser(), x, grid, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    assert torch.equal(a, b) != SAMPLERS[name].stochastic
 
 
 def test_two_threads_sampling_at_once_match_sequential_runs():
@@ -274,7 +289,37 @@ def test_callback_sees_every_step():
 def test_nfe_counts():
     assert nfe("heun", 18) == 35
     assert nfe("pc-langevin", 10) == 20
+    assert nfe("pc-langevin", 10, corrector_steps=3) == 40
     assert nfe("ddim", 50) == 50
+
+
+@pytest.mark.parametrize("name", GAUSSIAN)
+def test_nfe_is_the_count_of_denoiser_calls(name):
+    calls = []
+
+    def D(x, sigma, cond=None):
+        calls.append(len(x))
+        return GM.denoise(x, sigma)
+
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
+    for steps in (1, 2, 7):
+        calls.clear()
+        SAMPLERS[name](D, x, make_grid("karras", steps, EDM), generator=torch.Generator().manual_seed(1))
+        assert len(calls) == nfe(name, steps), (name, steps)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_the_web_uis_names_read_back_as_the_sampler(name):
+    """What a PNG's parameters write (AUTOMATIC1111's name) reads back, with " Karras" picking the karras
+    grid, and ComfyUI's name reads too; a sampler without one is written under its own name."""
+    s = SAMPLERS[name]
+    assert resolve_sampler(a1111_name(name)) == (name, None)
+    assert a1111_name(name) == (s.a1111 or name)
+    if s.a1111:
+        assert resolve_sampler(f"{s.a1111} Karras") == (name, "karras")
+    if s.comfyui:
+        assert resolve_sampler(s.comfyui) == (name, None)
+    assert f"{name} (" in sampler_help() and s.help in sampler_help()
 
 
 def test_bad_input_is_a_clear_error():

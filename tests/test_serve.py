@@ -79,6 +79,36 @@ def test_runs_are_described(client):
     assert "/api/generate" in client.get("/openapi.json").json()["paths"]
 
 
+def test_the_description_is_asked_of_the_run(client, runs):
+    by = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
+    for name, run in runs.items():
+        d, plan = by[name], run.plan()
+        assert d["samplers"] == list(run.process.samplers) and (d["sampler"], d["steps"]) == (plan.sampler, plan.steps)
+    assert by["digits"]["can"] == ["generate", "img2img", "inpaint"]  # a Gaussian run does every edit
+    assert by["blur"]["can"] == ["generate", "img2img", "restore"]  # a cold blur run: no inpainting
+    assert by["blur"]["samplers"] == ["cold", "cold-naive"] and by["blur"]["sampler"] in by["blur"]["samplers"]
+    assert by["digits"]["guidance"] == runs["digits"].config.cond.guidance and not by["digits"]["text"]
+
+
+def test_uploads_are_read_by_the_reader_of_image_files(tmp_path):
+    from unblur.images import UploadTooLarge, image_tensor, read_image, read_upload
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray((rng.random((30, 20, 4)) * 255).astype(np.uint8), "RGBA")  # transparency: on white
+    img.save(tmp_path / "u.png")
+    text = png_b64(img)
+    for channels, size in ((1, (8, 8)), (3, (45, 30)), (3, None)):
+        got = image_tensor(read_upload(text, max_bytes=10**6), channels=channels, size=size)
+        assert torch.equal(got, read_image(tmp_path / "u.png", channels=channels, size=size)), (channels, size)
+    cropped = image_tensor(read_upload(text, max_bytes=10**6), channels=3, size=(8, 8), crop=True)
+    assert cropped.shape == (3, 8, 8) and not torch.equal(cropped, read_image(tmp_path / "u.png", channels=3,
+                                                                               size=(8, 8)))
+    with pytest.raises(UploadTooLarge, match="limit of 100 bytes"):
+        read_upload(text, max_bytes=100)
+    with pytest.raises(ValueError, match="20x30 pixels"):
+        read_upload(text, max_bytes=10**6, max_pixels=100)
+
+
 def test_generate_streams_distinct_previews_then_pngs_with_settings(client, runs):
     job, evs = run_job(client, "/api/generate", {"run": "digits", "class": "3", "steps": 6, "seed": 11, "n": 2,
                                                   "sampler": "euler", "guidance": 2.0})

@@ -5,9 +5,7 @@ import torch
 from PIL import Image
 
 from unblur.cli import main
-from unblur.config import Config, apply_overrides
 from unblur.show import DEGRADATIONS, forward_strip, get_degrade, register_degradation
-from unblur.training import train
 
 
 @pytest.mark.parametrize("name", ["vp", "edm"])
@@ -54,12 +52,8 @@ def test_unknown_process_and_vector_data_are_errors(capsys):
     assert "needs a run folder" in capsys.readouterr().err
 
 
-def test_trajectory_toy_and_curves_from_runs(tmp_path):
-    digits = tmp_path / "digits"
-    train(apply_overrides(Config(), {"model.base_channels": 16, "model.channel_mult": "1,2",
-                                     "model.num_res_blocks": 1, "train.steps": 4, "train.batch_size": 8,
-                                     "train.log_every": 1, "train.sample_every": 0, "train.checkpoint_every": 0,
-                                     "sample.grid_n": 0}), digits, progress=False)
+def test_trajectory_toy_and_curves_from_runs(tiny_run, toy_run, tmp_path):
+    digits = tiny_run  # a digits run with a metrics line at every step
     out = tmp_path / "traj.png"
     assert main(["show", "trajectory", str(digits), "--n", "2", "--steps", "5", "--levels", "5",
                  "--out", str(out), "--device", "cpu"]) == 0
@@ -71,12 +65,8 @@ def test_trajectory_toy_and_curves_from_runs(tmp_path):
     assert Image.open(tmp_path / "curves.png").size[0] > 400
     assert main(["show", "toy", str(digits)]) == 2  # a digits model is not 2-D
 
-    toy = tmp_path / "toy"
-    train(apply_overrides(Config(), {"data.source": "builtin:toy2d:moons", "model.hidden": 32, "model.depth": 1,
-                                     "train.steps": 3, "train.sample_every": 0, "train.checkpoint_every": 0,
-                                     "sample.grid_n": 0}), toy, progress=False)
     out = tmp_path / "toy.png"
-    assert main(["show", "toy", str(toy), "--points", "300", "--steps", "4", "--out", str(out),
+    assert main(["show", "toy", str(toy_run), "--points", "300", "--steps", "4", "--out", str(out),
                  "--device", "cpu"]) == 0
     assert Image.open(out).size[0] > 800 and Image.open(out.with_suffix(".gif")).n_frames >= 4
 

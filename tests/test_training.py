@@ -39,26 +39,26 @@ def _losses(run: Path):
 
 
 def test_resume_is_exact(tmp_path):
+    """Its own trainings: a straight run and a run stopped half way and resumed, compared."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(_cfg(**{"train.steps": 40}), straight, progress=False)
-    train(_cfg(**{"train.steps": 20}), split, progress=False)
-    train(_cfg(**{"train.steps": 40}), split, resume=True, progress=False)
+    train(_cfg(**{"train.steps": 20}), straight, progress=False)
+    train(_cfg(**{"train.steps": 10}), split, progress=False)
+    train(_cfg(**{"train.steps": 20}), split, resume=True, progress=False)
     assert _losses(straight) == _losses(split)
     a, b = load_train_state(straight / "train_state.pt"), load_train_state(split / "train_state.pt")
-    assert a["step"] == b["step"] == 40
+    assert a["step"] == b["step"] == 20
     for k in a["net"]:
         assert torch.equal(a["net"][k], b["net"][k]), k
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
 
 
-def test_run_folder_holds_the_artefacts_and_samples_with_no_flags(tmp_path, capsys):
-    run = tmp_path / "run"
-    train(_cfg(**{"train.steps": 3}), run, progress=False)
+def test_run_folder_holds_the_artefacts_and_samples_with_no_flags(tiny_run, tmp_path, capsys):
+    run = tiny_run
     for f in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl"):
         assert (run / f).exists(), f
     state, cfg, info = load_model(run / "model.safetensors")
-    assert info["shape"] == [1, 8, 8] and cfg.model.base_channels == 16
+    assert info["shape"] == [1, 8, 8] and cfg.model.base_channels == 8  # as TINY_UNET of conftest.py gave it
     out = tmp_path / "samples"
     assert main(["sample", str(run), "--n", "5", "--batch", "2", "--steps", "3", "--out", str(out)]) == 0
     arr = __import__("numpy").load(out / "samples.npy")
@@ -75,11 +75,11 @@ def test_run_folder_holds_the_artefacts_and_samples_with_no_flags(tmp_path, caps
     assert f"{n_params:,} parameters" in text and "steps" in text
 
 
-def test_shift_augmentation_trains_and_a_too_large_shift_is_refused(tmp_path, capsys):
-    plain, shifted = tmp_path / "plain", tmp_path / "shifted"
-    train(_cfg(**{"train.steps": 3}), plain, progress=False)
-    train(_cfg(**{"train.steps": 3, "data.shift": 1}), shifted, progress=False)
-    assert _losses(plain)[0] != _losses(shifted)[0]  # the first batch already differs
+def test_shift_augmentation_trains_and_a_too_large_shift_is_refused(tiny_run, tiny_config, tmp_path, capsys):
+    # A training of its own, with a shift, against the shared tiny run's (the same config, no shift).
+    shifted = tmp_path / "shifted"
+    train(tiny_config({"train.steps": 1, "data.shift": 1}), shifted, progress=False)
+    assert _losses(tiny_run)[0] != _losses(shifted)[0]  # the first batch already differs
     code = main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "bad"), "--steps", "2",
                  "--set", "data.shift=8"])
     assert code == 2
@@ -87,9 +87,8 @@ def test_shift_augmentation_trains_and_a_too_large_shift_is_refused(tmp_path, ca
     assert not (tmp_path / "bad" / "model.safetensors").exists()
 
 
-def test_refuses_to_overwrite_a_run(tmp_path, capsys):
-    run = tmp_path / "run"
-    train(_cfg(**{"train.steps": 2}), run, progress=False)
+def test_refuses_to_overwrite_a_run(tiny_run_copy, capsys):
+    run = tiny_run_copy
     before = (run / "model.safetensors").read_bytes()
     code = main(["train", "--data", "builtin:digits", "--out", str(run), "--steps", "2"])
     assert code == 2
@@ -97,16 +96,17 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert (run / "model.safetensors").read_bytes() == before
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    run = tmp_path / "run"
-    train(_cfg(**{"train.steps": 4}), run, progress=False)
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_run_copy, tiny_config):
+    run = tiny_run_copy
+    steps = load_train_state(run / "train_state.pt")["step"]
     before = (run / "model.safetensors").read_bytes(), (run / "train_state.pt").read_bytes()
     from unblur.data import load_data
 
     bad = load_data("builtin:digits")
     bad.x[:] = float("nan")
-    with pytest.raises(TrainingDiverged, match="loss became nan at step 4.*last good checkpoint"):
-        train(_cfg(**{"train.steps": 8, "train.checkpoint_every": 1}), run, resume=True, data=bad, progress=False)
+    cfg = tiny_config({"train.steps": steps + 4, "train.checkpoint_every": 1})
+    with pytest.raises(TrainingDiverged, match=f"loss became nan at step {steps}.*last good checkpoint"):
+        train(cfg, run, resume=True, data=bad, progress=False)
     assert (run / "model.safetensors").read_bytes() == before[0]
     assert (run / "train_state.pt").read_bytes() == before[1]
 

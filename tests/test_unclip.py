@@ -3,23 +3,27 @@ conditional, and the three runs end to end through the CLI with their refusals."
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from unblur.analytic import GaussianMixture
-from unblur.cli.common import PRIOR_DEFAULTS
+from unblur.kinds import MODEL_KINDS
 from unblur.config import Config, apply_overrides
 from unblur.nets.clip import ClipModel, ClipNetConfig
 from unblur.objectives import LossModule, info_nce
 from unblur.pipelines.unclip import slerp, text_diff
-from unblur.runs import Run
+from unblur.runs import Run, SampleBatch
 from unblur.runs.build import build_denoiser, build_net, build_process
 from unblur.sampling import generate
-from unblur.types import DataInfo
+from unblur.types import ClipRecord, DataInfo, LatentRecord
 from unblur.utils import seeded_generators
 
 # -- InfoNCE and the temperature -----------------------------------------------------------------
@@ -115,12 +119,12 @@ def test_the_prior_learns_a_linear_gaussian_conditional(prior_net):
     A = torch.tensor([[1.0, -0.5, 0.0], [0.3, 0.8, -0.6], [-0.7, 0.2, 0.9], [0.5, 0.5, 0.5]])
     txt = torch.nn.functional.normalize(torch.randn(6000, T, generator=g), dim=1)
     img = txt @ A.T + s * torch.randn(6000, D, generator=g)
-    cfg = apply_overrides(Config(), {"model.kind": "prior", "cond.clip": "encoder", **PRIOR_DEFAULTS,
+    cfg = apply_overrides(Config(), {"model.kind": "prior", "cond.clip": "encoder", **MODEL_KINDS["prior"].defaults,
                                      "model.prior_net": prior_net, "model.hidden": 128,
                                      "model.depth": 3 if prior_net == "transformer" else 4,
                                      "process.sigma_data": round(float(img.std()), 4)})
     info = DataInfo(kind="vector", shape=(D,), source="test:linear", num_items=len(img),
-                    clip={"dim": T, "role": "prior"})
+                    clip=ClipRecord(path="", sha256="", dim=T, for_prior=True))
     torch.manual_seed(0)
     net = build_net(cfg, info)
     process = build_process(cfg, info)
@@ -152,6 +156,174 @@ def test_the_prior_learns_a_linear_gaussian_conditional(prior_net):
             std = y.std(0)
             assert err < 0.12, (prior_net, name, k, err)
             assert ((std / s - 1).abs() < 0.25).all(), (prior_net, name, k, std)
+
+
+# -- run folders of earlier versions and the chain's one door -------------------------------------
+
+OLD = Path(__file__).parent / "fixtures" / "old_runs"
+
+
+def metadata_data_info(run_dir: Path) -> dict:
+    """The ``data_info`` JSON a run's model.safetensors holds, as written."""
+    raw = (run_dir / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["data_info"])
+
+
+def test_records_read_and_write_the_dict_form_of_earlier_versions():
+    clip = {"path": "/tmp/enc", "sha256": "ab" * 32, "dim": 8, "role": "decoder", "image_shape": [3, 16, 16]}
+    latent = {"autoencoder": "/tmp/ae", "sha256": "cd" * 32, "kind": "unblur-run", "shift": 0.25, "scale": 1.5,
+              "image_shape": [1, 16, 16], "latent_shape": [4, 4, 4], "embedded": False}
+    d = {"kind": "image", "source": "s", "num_items": 3, "shape": [4, 4, 4], "class_names": None, "latent": latent,
+         "clip": clip}
+    info = DataInfo.from_dict(d)
+    assert info.clip == ClipRecord(path="/tmp/enc", sha256="ab" * 32, dim=8, for_prior=False, image_shape=(3, 16, 16))
+    assert info.latent == LatentRecord(path="/tmp/ae", sha256="cd" * 32, kind="unblur-run", shift=0.25, scale=1.5,
+                                       image_shape=(1, 16, 16), latent_shape=(4, 4, 4), embedded=False)
+    assert info.to_dict() == d and info.image_shape == (1, 16, 16)  # the same JSON keys as before
+    assert info.get("clip") == clip and info["latent"] == latent  # mapping reads give the JSON's form
+    assert ClipRecord.from_dict({**clip, "role": "prior"}).for_prior
+    assert ClipRecord.of(clip) == info.clip and ClipRecord.of(info.clip) is info.clip and ClipRecord.of(None) is None
+    with pytest.raises(ValueError, match="role is 'encoder'"):
+        ClipRecord.from_dict({**clip, "role": "encoder"})
+    with pytest.raises(ValueError, match="lacks 'shift'"):
+        LatentRecord.from_dict({k: v for k, v in latent.items() if k != "shift"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.clip.dim = 9
+
+
+def test_old_prior_and_decoder_load_with_typed_records_and_take_the_given_encoder():
+    from unblur.pipelines.unclip import load_clip
+    from unblur.runs.unclip import Unclip, is_decoder, is_prior
+
+    dec, pri = Run.load(OLD / "decoder", device="cpu"), Run.load(OLD / "prior", device="cpu")
+    sha = hashlib.sha256((OLD / "encoder" / "model.safetensors").read_bytes()).hexdigest()
+    assert dec.data.clip == ClipRecord(path="/tmp/oldruns/encoder", sha256=sha, dim=8, for_prior=False,
+                                       image_shape=(3, 16, 16))
+    assert pri.data.clip == dataclasses.replace(dec.data.clip, for_prior=True)
+    assert is_decoder(dec) and is_prior(pri) and not is_decoder(pri) and not is_prior(dec)
+    for name, run in (("decoder", dec), ("prior", pri)):  # written back as the same JSON
+        assert run.data.to_dict() == metadata_data_info(OLD / name)
+    enc = load_clip(OLD / "encoder")
+    if not Path(dec.data.clip.path).exists():  # the recorded path: gone, as for any moved run
+        with pytest.raises(ValueError, match="not there any more"):
+            Unclip(dec, pri)
+    chain = Unclip(dec, pri, clip=enc)  # the same weights elsewhere: accepted
+    assert chain.clip is enc
+    with pytest.raises(ValueError, match="has changed since"):
+        Unclip(dec, pri, clip=dataclasses.replace(enc, sha256="0" * 64))
+    with pytest.raises(ValueError, match="is a prior"):
+        Unclip(pri, clip=enc)
+    with pytest.raises(ValueError, match="is not a prior"):
+        Unclip(dec, dec, clip=enc)
+
+
+@pytest.fixture(scope="module")
+def old_chain():
+    """The chain of the decoder and prior written by an earlier version, with the encoder of this folder."""
+    from unblur.pipelines.unclip import load_clip
+    from unblur.runs.unclip import Unclip
+
+    dec, pri = Run.load(OLD / "decoder", device="cpu"), Run.load(OLD / "prior", device="cpu")
+    return Unclip(dec, pri, clip=load_clip(OLD / "encoder"))
+
+
+def test_unclip_sample_draws_prompts_through_the_prior_in_batches_with_records(old_chain):
+    chain, seen = old_chain, []
+    prompts = ["a red circle", "a blue square"]
+    stream = chain.sample(2, prompts=prompts, steps=2, prior_steps=3, prior_guidance=1.5, seed=5, batch=3,
+                          callback=lambda info: seen.append(("decoder", info.step)),
+                          prior_callback=lambda info: seen.append(("prior", info.step)))
+    assert stream.total == 4 and stream.plan.steps == 2 and stream.prior_plan.steps == 3 and not seen
+    batches = list(stream)
+    assert all(isinstance(b, SampleBatch) for b in batches) and [b.start for b in batches] == [0, 3]
+    x = torch.cat([b.x for b in batches])
+    assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
+    assert seen == [("prior", k) for k in range(3)] + [("decoder", k) for k in range(2)] * 2
+    recs = [r for b in batches for r in b.records]
+    assert [r["unclip"] for r in recs] == ["prompt"] * 4 and [r["index"] for r in recs] == [0, 1, 2, 3]
+    assert [(r["prompt"], r["prior_sample"]) for r in recs] == [(p, k) for p in prompts for k in range(2)]
+    assert [r["seed"] for r in recs] == [r["prior_seed"] for r in recs] == [5, 6, 7, 8]
+    assert {(r["prior"], r["prior_steps"], r["prior_guidance"], r["steps"]) for r in recs} == {
+        (chain.prior.ref, 3, 1.5, 2)}
+    assert recs[1]["embedding_of"] == "prompt 'a red circle' (prior sample 1)"
+    # the chain's steps by hand give the same images
+    z, labels = chain.from_prompts(prompts, 2, steps=3, guidance=1.5, seed=5)
+    want = torch.cat([b.x for b in chain.decoder.sample(1, embeddings=z, embedding_labels=labels, steps=2, seed=5,
+                                                          batch=3)])
+    assert torch.equal(x, want)
+    again = chain.sample(2, prompts=prompts, steps=2, prior_steps=3, prior_guidance=1.5, seed=5, batch=3)
+    assert torch.equal(torch.cat([b.x for b in again.starting_at(3)]), x[3:])  # continued: the same images
+
+
+def test_unclip_sample_makes_variations_strips_and_text_diffs_with_records(old_chain):
+    chain = old_chain
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    stream = chain.sample(3, variations_of=images, names=["a.png", "b.png"], steps=2, seed=10, batch=4)
+    batches = list(stream)
+    x, recs = torch.cat([b.x for b in batches]), [r for b in batches for r in b.records]
+    assert stream.total == 6 and x.shape == (6, 3, 16, 16) and [b.start for b in batches] == [0, 4]
+    assert [(r["unclip"], r["image_name"]) for r in recs] == [("variation", "a.png")] * 3 + \
+        [("variation", "b.png")] * 3
+    assert [r["seed"] for r in recs] == list(range(10, 16)) and not torch.allclose(x[0], x[1])  # new noise each
+    assert recs[3]["embedding_of"] == "variation of b.png"
+
+    batches = list(chain.sample(interpolate=images, names=["a", "b"], frames=3, steps=2, seed=4))
+    x, recs = torch.cat([b.x for b in batches]), [r for b in batches for r in b.records]
+    assert x.shape == (3, 3, 16, 16) and [r["unclip"] for r in recs] == ["interpolation"] * 3
+    assert [r["position"] for r in recs] == [0.0, 0.5, 1.0] and recs[0]["images"] == ["a", "b"]
+    assert {r["seed"] for r in recs} == {4}  # one noise for the whole strip
+    assert recs[-1]["embedding_of"] == "slerp(a, b, 1.000)"
+
+    batches = list(chain.sample(variations_of=images[:1], names=["a"], text_diff=("a red circle", "a blue square"),
+                                frames=3, amount=0.6, steps=2, seed=4))
+    recs = [r for b in batches for r in b.records]
+    assert [r["unclip"] for r in recs] == ["text_diff"] * 3 and {r["seed"] for r in recs} == {4}
+    assert [round(r["amount"], 6) for r in recs] == [0.0, 0.3, 0.6]
+    assert (recs[0]["image_name"], recs[0]["text_from"], recs[0]["text_to"]) == ("a", "a red circle", "a blue square")
+    assert recs[-1]["embedding_of"].endswith("towards 'a blue square' by 0.600")
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({}, "give one of prompts="),
+    ({"prompts": ["a"], "variations_of": "images"}, "given: prompts, variations_of"),
+    ({"variations_of": "images", "text_diff": ("a", "b")}, "exactly one image"),
+    ({"n": 2, "interpolate": "images"}, "n=2"),
+    ({"interpolate": "images", "frames": 1}, "at least 2 frames"),
+    ({"variations_of": "images", "names": ["a"]}, "1 names for 2 images"),
+    ({"variations_of": "small"}, "embeds 3x16x16 images"),
+    ({"variations_of": "images", "sampler": "cold"}, "does not apply"),
+    ({"variations_of": "images", "steps": 0}, "steps must be a positive integer"),
+    ({"variations_of": "images", "guidance": -1.0}, "--guidance must be >= 0"),
+    ({"prompts": [" "]}, "prompt 0 is empty"),
+    ({"prompts": ["a"], "prior_sampler": "magic"}, "magic"),
+    ({"variations_of": "images", "start": 9}, "start must lie in 0..2"),
+])
+def test_unclip_sample_checks_the_request_before_anything_is_made(old_chain, kwargs, words):
+    values = {"images": torch.zeros(2, 3, 16, 16), "small": torch.zeros(1, 3, 8, 8)}
+    kwargs = {k: values.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=re.escape(words)):
+        old_chain.sample(**kwargs)
+
+
+def test_a_chain_without_a_prior_refuses_prompts_and_accepts_a_dict_record_from_a_resume_state(old_chain):
+    from unblur.data import Data
+    from unblur.pipelines.unclip import attach_image_embeddings
+    from unblur.runs.unclip import Unclip
+
+    with pytest.raises(ValueError, match=r"--prior RUN"):
+        Unclip(old_chain.decoder, clip=old_chain.clip).sample(prompts=["a red circle"])
+    data = Data(x=torch.zeros(2, 3, 16, 16), kind="image", source="test")
+    rec = old_chain.decoder.data.clip
+    for recorded in (rec, rec.to_dict()):  # the record, or its dict form in an older train_state
+        enc, out = attach_image_embeddings(data, OLD / "encoder", recorded=recorded, say=lambda s: None)
+        assert out.embeddings.shape == (2, 8) and enc.record(for_prior=False) == dataclasses.replace(
+            rec, path=str(enc.path))
+        assert enc.record("decoder") == enc.record(for_prior=False)
+    for recorded in (dataclasses.replace(rec, sha256="0" * 64), {**rec.to_dict(), "sha256": "0" * 64}):
+        with pytest.raises(ValueError, match="has changed since this run was trained"):
+            attach_image_embeddings(data, OLD / "encoder", recorded=recorded, say=lambda s: None)
 
 
 # -- the three runs end to end through the CLI ----------------------------------------------------
@@ -440,7 +612,7 @@ def test_the_page_draws_a_prompt_through_the_prior_and_variations_of_an_upload(c
 
 
 def test_token_dropout_drops_at_its_rate_and_never_empties_a_caption():
-    from unblur.training.contrastive import drop_tokens
+    from unblur.kinds.clip import drop_tokens
 
     mask = torch.zeros(4000, 12, dtype=torch.bool)
     mask[:, :6] = True

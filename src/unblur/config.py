@@ -333,9 +333,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 # -- what each value must be -----------------------------------------------------------------
 # config.py imports nothing above it, so the names it accepts are kept here; tests/test_config.py
 # checks that each tuple equals the registry it copies (sampling.SAMPLERS, grids.GRIDS, ...).
-MODEL_KINDS = ("auto", "unet", "mlp", "autoencoder", "clip", "prior")  # runs.build.MODELS
 PERCEPTUAL = ("none", "ssim", "gradient", "ssim+gradient")  # objectives.PERCEPTUAL
-GAUSSIAN_PROCESSES = ("edm", "vp")
+GAUSSIAN_PROCESSES = ("edm", "vp")  # processes.PROCESSES that are no degradation, in registration order
 COLD_PROCESSES = ("blur", "pixelate", "mask", "desaturate", "snow", "blend", "noise", "jpeg")  # DEGRADATIONS
 SCHEDULES = ("linear", "scaled-linear", "cosine", "sigmoid")  # processes.gaussian.SCHEDULES
 SAMPLERS = ("ddpm", "ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-2m-sde", "pc-langevin",
@@ -401,7 +400,9 @@ RULES: dict[str, Rule] = {
     "data.num_images": _at_least(1),
     "data.latent": Rule(lambda v: v == "" or (bool(v.strip()) and v.isprintable()),
                         "an autoencoder run folder or diffusers AutoencoderKL folder (or empty: pixel space)"),
-    "model.kind": _one_of(*MODEL_KINDS),
+    # The kinds are a registry above this module (``unblur.kinds``): a name here, checked against it when the
+    # config is resolved (``kinds.resolve``) or a run opens (``kinds.kind_of``), so a new kind needs no line here.
+    "model.kind": Rule(lambda v: isinstance(v, str) and v.replace("-", "_").isidentifier(), "a model kind's name"),
     "model.base_channels": _at_least(1),
     "model.channel_mult": _each(_at_least(1), what="one or more multipliers (e.g. 1,2,2)"),
     "model.num_res_blocks": _at_least(1),
@@ -410,7 +411,7 @@ RULES: dict[str, Rule] = {
     "model.hidden": _at_least(1),
     "model.depth": _at_least(1),
     "model.prior_net": _one_of("mlp", "transformer"),
-    "process.kind": _one_of(*GAUSSIAN_PROCESSES, *COLD_PROCESSES),
+    "process.kind": _one_of(*GAUSSIAN_PROCESSES, *COLD_PROCESSES),  # = processes.PROCESSES
     "process.schedule": _one_of(*SCHEDULES),
     "process.num_steps": _at_least(2),
     "process.sigma_min": _above(0),
@@ -509,21 +510,6 @@ def autoencoder_widths(a: AutoencoderConfig) -> tuple[int, ...]:
     return a.widths if a.widths is not None else (32, 64, 64, 64)[: _levels(a)]
 
 
-def _check_autoencoder(cfg: Config) -> None:
-    """An autoencoder has no forward process and no conditioning: say so rather than ignore them."""
-    if cfg.model.kind != "autoencoder":
-        return
-    c = cfg.cond
-    used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
-                            ("cond.image", c.image != "none")) if on]
-    if used:
-        raise ValueError(f"model.kind=autoencoder takes no conditioning, but {', '.join(used)} asks for it: drop it "
-                         "(an autoencoder encodes and decodes the images alone)")
-    if cfg.process.kind != "edm":
-        raise ValueError(f"process.kind={cfg.process.kind} does not apply to model.kind=autoencoder (an autoencoder "
-                         "has no forward process): drop --process")
-
-
 def _refuse(key: str, value: Any, want: str, choices: tuple = ()) -> ValueError:
     near = _nearest(value, [str(c) for c in choices]) if isinstance(value, str) and choices else ""
     return ValueError(f"{key} must be {want}, got {value!r}{near}")
@@ -549,37 +535,7 @@ def validate(cfg: Config) -> None:
         section = getattr(cfg, sec)
         if not ok(section):
             raise _refuse(key, getattr(section, name), want(section))
-    _check_autoencoder(cfg)
-    _check_latent(cfg)
-    _check_clip(cfg)
-
-
-def _check_clip(cfg: Config) -> None:
-    """What the contrastive encoder, the prior and a CLIP-conditioned decoder need and refuse."""
-    kind, c = cfg.model.kind, cfg.cond
-    if kind == "clip":
-        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
-                                ("cond.image", c.image != "none"), ("cond.clip", bool(c.clip))) if on]
-        if used:
-            raise ValueError(f"model.kind=clip is trained on image-caption pairs alone, but {', '.join(used)} asks for "
-                             "conditioning: drop it (the caption encoder is clip.text_encoder)")
-        if cfg.data.latent:
-            raise ValueError("model.kind=clip encodes pixels: drop --latent (data.latent)")
-        if 1.0 / cfg.clip.temperature > cfg.clip.max_logit_scale:
-            raise ValueError(f"clip.temperature={cfg.clip.temperature} starts the logit scale at "
-                             f"{1 / cfg.clip.temperature:.4g}, above clip.max_logit_scale={cfg.clip.max_logit_scale}")
-    if kind == "prior":
-        if not c.clip:
-            raise ValueError("model.kind=prior diffuses a contrastive encoder's image embeddings: give the encoder "
-                             "run with --clip RUN (cond.clip)")
-        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
-                                ("cond.image", c.image != "none"), ("data.latent", bool(cfg.data.latent))) if on]
-        if used:
-            raise ValueError(f"model.kind=prior is conditioned on the encoder's text embedding alone, but "
-                             f"{', '.join(used)} asks for more: drop it")
-    if c.clip and kind in ("autoencoder", "mlp"):
-        raise ValueError(f"cond.clip conditions a U-Net decoder (or a --model prior) on a contrastive encoder, "
-                         f"but model.kind={kind}: drop --clip (cond.clip) or choose --model unet / prior")
+    _check_latent(cfg)  # what each model kind refuses is checked by the kind (``kinds.resolve``)
 
 
 def _check_latent(cfg: Config) -> None:
@@ -588,8 +544,6 @@ def _check_latent(cfg: Config) -> None:
         if cfg.data.embed_ae:
             raise ValueError("data.embed_ae copies a latent run's autoencoder into the run: it needs --latent AE")
         return
-    if cfg.model.kind == "autoencoder":
-        raise ValueError("an autoencoder is trained on pixels: drop --latent (data.latent) from --model autoencoder")
     if cfg.data.shift:
         raise ValueError("data.shift translates pixels, which a latent run never sees: drop it with --latent")
 

@@ -2,10 +2,12 @@
 picture for 2-D samples.
 
 Every entry point that reads an image file (training folders, ``--image``, ``unblur restore``,
-``unblur degrade``, eval folders) goes through ``normalize_mode`` and ``read_image`` here, so a
-file reads the same everywhere: EXIF orientation applied; transparency (RGBA, LA, PA, a
-palette with a transparency key) composited on white; 16-bit and 32-bit integer or float
-images scaled to 8 bits; CMYK, YCbCr and palettes to RGB; 1-bit to L.
+``unblur degrade``, eval folders, the web server's uploads) goes through ``normalize_mode`` and
+``read_image`` / ``read_upload`` here, so a file reads the same everywhere: EXIF orientation
+applied; transparency (RGBA, LA, PA, a palette with a transparency key) composited on white;
+16-bit and 32-bit integer or float images scaled to 8 bits; CMYK, YCbCr and palettes to RGB;
+1-bit to L. Images are resized by one rule (``fit_image``: LANCZOS when shrinking, BICUBIC when
+enlarging) and become tensors in one way (``image_tensor``).
 
 No image of more than ``MAX_PIXELS`` pixels (64 megapixels; ``max_pixels`` changes it) is
 decoded: its size is read from the header first, so a few hundred bytes claiming 12000 x 12000
@@ -256,11 +258,28 @@ def cover_crop(img: Image.Image, target: tuple[int, int]) -> Image.Image:
     s = max(th / h, tw / w)
     cw, ch = min(w, tw / s), min(h, th / s)  # the source region that maps onto the target (rounding kept inside)
     left, top = max(0.0, (w - cw) / 2), max(0.0, (h - ch) / 2)
-    shrink = s < 1.0
+    return _resample(img, target, box=(left, top, left + cw, top + ch), shrink=s < 1.0)
+
+
+def fit_image(img: Image.Image, size: tuple[int, int], *, crop: bool = False) -> Image.Image:
+    """``img`` at ``size`` (H, W): the whole image resized to it (the aspect ratio follows
+    ``size``), or with ``crop`` scaled to cover it and centre-cropped (``cover_crop``); LANCZOS
+    when shrinking, BICUBIC when enlarging, either way."""
+    if crop:
+        return cover_crop(img, size)
+    if (img.height, img.width) == tuple(size):
+        return img
+    return _resample(img, size, box=None, shrink=img.height > size[0] or img.width > size[1])
+
+
+def _resample(img: Image.Image, size: tuple[int, int], *, box: tuple[float, float, float, float] | None,
+              shrink: bool) -> Image.Image:
+    """The one resampling rule: LANCZOS when shrinking (after Pillow's integer reduction down to
+    ``REDUCING_GAP`` times the target), BICUBIC when enlarging."""
     return img.resize(
-        (tw, th),
+        (size[1], size[0]),
         resample=Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC,
-        box=(left, top, left + cw, top + ch),
+        box=box,
         reducing_gap=REDUCING_GAP if shrink else None,
     )
 
@@ -285,6 +304,36 @@ def decode_image(data: bytes, *, name: str = "the image", max_pixels: int | None
     return _decode(io.BytesIO(data), name, max_pixels)
 
 
+class UploadTooLarge(ValueError):
+    """An upload of more bytes than its limit; it is never decoded."""
+
+
+def upload_bytes(text: str, *, name: str = "the upload", max_bytes: int) -> bytes:
+    """The bytes of a file sent as base64 text or a ``data:`` URL (a web upload), refused
+    (``UploadTooLarge``) before decoding when they would exceed ``max_bytes``; text that is not
+    base64 is a ValueError naming ``name``."""
+    import base64
+    import binascii
+
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if len(text) > (max_bytes * 4) // 3 + 4:
+        raise UploadTooLarge(f"{name}: the upload is about {len(text) * 3 // 4} bytes, more than the limit of "
+                             f"{max_bytes} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name}: not valid base64 (send the file's bytes as base64 or a data: URL)") from None
+
+
+def read_upload(text: str, *, name: str = "the upload", max_bytes: int, max_pixels: int | None = None
+                ) -> Image.Image:
+    """An image file sent as base64 text or a ``data:`` URL, as a Pillow image in mode L or RGB
+    (``upload_bytes``, then ``decode_image``: the pixel count read from the header is checked
+    against ``max_pixels`` before anything is decoded). Make it a tensor with ``image_tensor``."""
+    return decode_image(upload_bytes(text, name=name, max_bytes=max_bytes), name=name, max_pixels=max_pixels)
+
+
 def _decode(source, label: str, max_pixels: int | None) -> Image.Image:
     try:
         with pillow_bomb_check(max_pixels), Image.open(source) as im:
@@ -303,12 +352,18 @@ def read_image(path: str | Path, *, channels: int | None = None, size: tuple[int
     when shrinking, BICUBIC when enlarging; no crop, so the aspect ratio follows ``size``);
     ``max_pixels`` bounds the file's own size (see ``open_image``).
     """
-    img = open_image(path, option=option, max_pixels=max_pixels)
+    return image_tensor(open_image(path, option=option, max_pixels=max_pixels), channels=channels, size=size)
+
+
+def image_tensor(img: Image.Image, *, channels: int | None = None, size: tuple[int, int] | None = None,
+                 crop: bool = False) -> Tensor:
+    """A Pillow image (L or RGB, as ``open_image`` / ``decode_image`` give it) as (C, H, W) float32
+    in [-1, 1]: ``channels`` (1 or 3) converts the mode, ``size`` (H, W) resizes it (``fit_image``;
+    ``crop``: cover and centre-crop instead of changing the aspect ratio)."""
     if channels is not None:
         img = img.convert("L" if channels == 1 else "RGB")
-    if size is not None and (img.height, img.width) != tuple(size):
-        shrink = img.height > size[0] or img.width > size[1]
-        img = img.resize((size[1], size[0]), Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC)
+    if size is not None:
+        img = fit_image(img, size, crop=crop)
     a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
     return torch.from_numpy(np.ascontiguousarray(a))

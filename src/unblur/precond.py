@@ -180,16 +180,15 @@ class ColdPrecond(nn.Module):
     ``process.prediction`` of ``coefficients`` at ``process.precond_sigma(t)``: ``residual``
     (c_skip = c_out = c_in = 1, whose zero-initialized output layer starts as the identity)
     for every degradation but ``noise``, which uses EDM's row at sigma(t) with sigma_data =
-    0.5 (Karras et al. 2022, Table 1). Trained by || D(x_t, t) - x0 || (Bansal et al. 2022,
-    eq. 1): ``raw`` is D itself and ``target`` is x0.
+    ``process.sigma_data`` (0.5; Karras et al. 2022, Table 1). Trained by || D(x_t, t) - x0 ||
+    (Bansal et al. 2022, eq. 1): ``raw`` is D itself and ``target`` is x0.
     """
-
-    sigma_data: float = 0.5
 
     def __init__(self, net: nn.Module, process: ColdProcess):
         super().__init__()
         self.net = net
         self.process = process
+        self.sigma_data = float(process.sigma_data)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         t = expand_sigma(t, x.shape[0], x)  # (B,) in x's dtype

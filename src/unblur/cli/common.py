@@ -8,12 +8,12 @@ import os
 import sys
 
 from ..config import Config
+from ..processes import GRIDS
+from ..sampling import sampler_help
 
-SAMPLER_HELP = ("ddpm | ddim | euler | euler-ancestral | heun | dpmpp-2m | dpmpp-2m-sde | pc-langevin | cold | "
-                "cold-naive, or a web UI's name in any case: 'Euler a', 'DPM++ 2M', 'DPM++ 2M Karras' (also picks "
-                "the karras grid), 'DPM++ 2M SDE [Karras]', dpmpp_2m, euler_ancestral, ... (default: the run's)")
-GRID_HELP = ("karras | logsnr | leading | trailing | linspace | ddim | full (default: the run's sample.grid; auto is "
-             "trailing for a DDPM model, karras otherwise)")
+SAMPLER_HELP = sampler_help() + " (default: the run's)"  # from the sampler registry
+GRID_HELP = (" | ".join(GRIDS) + " (default: the run's sample.grid; auto is trailing for a DDPM model, karras "
+             "otherwise)")
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: a GPU when there is one, else the CPU)"
 
 
@@ -96,6 +96,7 @@ def resolve_config(args) -> tuple[Config, set[str]]:
     and the keys the user gave; every process option is checked here, so ``--dry-run`` catches
     a bad one."""
     from ..config import apply_overrides, load_toml, parse_set
+    from ..kinds import resolve
     from ..processes.cold import check_process_config
 
     toml = load_toml(args.config) if args.config else {}
@@ -125,17 +126,9 @@ def resolve_config(args) -> tuple[Config, set[str]]:
         over["cond.clip"] = args.clip
     cfg = apply_overrides(Config(), {**toml, **over})  # one resolve: the command line wins over the file
     given = explicit | set(over)
-    if cfg.model.kind == "prior":  # the paper's prior: predicts the clean embedding, on a cosine schedule
-        cfg = apply_overrides(cfg, {k: v for k, v in PRIOR_DEFAULTS.items() if k not in given})
+    cfg = resolve(cfg, given)  # the model kind's defaults where the user gave nothing, and its checks
     check_process_config(cfg.process)
     return cfg, given
-
-
-# What ``--model prior`` changes from the image defaults, unless given: x0-prediction (Ramesh et al. 2022,
-# sec. 2.2) on a cosine VP schedule, and the prior transformer, 256 wide (on held-out caption combinations of
-# builtin:shapes its samples carry the right shape 0.995 of the time, the residual MLP's 0.670).
-PRIOR_DEFAULTS = {"process.kind": "vp", "process.schedule": "cosine", "objective.prediction": "x0",
-                  "model.hidden": 256, "model.prior_net": "transformer"}
 
 
 def progress_factory(enabled: bool = True):

@@ -18,31 +18,14 @@ def add_parser(sub) -> None:
 def run_data(args) -> int:
     """Print the data's summary, the conditioning and the model `unblur train --data PATH` would use."""
     from ..config import Config, apply_overrides
-    from ..runs import build_net, data_info_of
-    from ..training.trainer import (
-        data_block,
-        default_conditioning,
-        describe_conditioning,
-        describe_model,
-        load_training_data,
-        size_model,
-    )
-    from ..utils import resolve_device
+    from ..kinds import preview
 
     over = {"data.source": args.source, "train.device": args.device}
     if args.size:
         over["data.size"] = str(args.size)
     if args.channels:
         over["data.channels"] = args.channels
-    cfg = apply_overrides(Config(), over)
-    data = load_training_data(cfg)
-    print("\n".join(data_block(data)))
-    cfg = default_conditioning(cfg, data, explicit=set())  # what `unblur train` does given no cond.*
-    print(describe_conditioning(cfg, data))
-    device = resolve_device(args.device)
-    info = data_info_of(data)
-    cfg, preset = size_model(cfg, info, device)
-    print(describe_model(info, build_net(cfg, info).to(device), device, preset or "model.* as given"))
+    print("\n".join(preview(apply_overrides(Config(), over))))
     sets = "".join(f" --set {k}={v}" for k, v in over.items() if k in ("data.size", "data.channels"))
     print(f"train on it: unblur train --data {args.source} --out RUN{sets}")
     return 0

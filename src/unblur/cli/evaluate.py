@@ -72,7 +72,7 @@ def _common_eval_args(p: argparse.ArgumentParser) -> None:
 def load_real(args, run):
     """The real data for a report: --data (default: the run's own data), checked against the model."""
     from ..data import load_data
-    from ..training.trainer import load_training_data
+    from ..data import load_training_data
 
     cfg, info = run.config, run.data
     toy = info.kind == "vector" and str(args.data or cfg.data.source).startswith("builtin:toy2d")
@@ -161,8 +161,8 @@ def run_prompt_eval(args, run, plan) -> int:
     prompts = check_prompts(read_prompts(args))
     n = args.n or 8
     apply_threads(args)
-    rec = run.data.get("clip")
-    if rec and rec.get("role") != "prior":  # an unCLIP decoder: text -> prior -> embeddings -> images
+    rec = run.data.clip
+    if rec is not None and not rec.for_prior:  # an unCLIP decoder: text -> prior -> embeddings -> images
         if not args.prior:
             raise ValueError(f"{run.name} draws images of image embeddings: give the prior that turns prompts into "
                              "them (--prior RUN)")

@@ -14,6 +14,11 @@ from .common import DEVICE_HELP, add_config_args, add_threads_arg, apply_threads
 
 
 def add_parser(sub) -> None:
+    from ..processes import DEGRADATIONS
+    from ..processes.cold import COLD_SAMPLERS
+
+    by_default = {c.restore_sampler: [n for n, d in DEGRADATIONS.items() if d.restore_sampler == c.restore_sampler]
+                  for c in DEGRADATIONS.values()}  # restore sampler -> the degradations restored with it by default
     # Argument declarations look alike across commands (same shape, other names): kept as plain argparse.
     r = sub.add_parser("restore", help="restore degraded images with a cold-diffusion run, each at its own size")
     r.add_argument("run", help="run folder of a cold-diffusion model (unblur train --process blur, ...)")
@@ -25,8 +30,8 @@ def add_parser(sub) -> None:
                    help="estimate each image's level (the default when --level is not given)")
     r.add_argument("--reference", help="folder of the clean images (same relative paths), each compared at its "
                    "restored image's size: report PSNR and SSIM")
-    r.add_argument("--sampler", help="cold | cold-naive | one-shot (default: the degradation's: one-shot for "
-                   "jpeg, cold for the others)")
+    r.add_argument("--sampler", help=" | ".join((*COLD_SAMPLERS, "one-shot")) + " (default: the degradation's: "
+                   + "; ".join(f"{s} for {', '.join(names)}" for s, names in by_default.items()) + ")")
     r.add_argument("--steps", type=positive_int, help="sampler steps for a level of 1 (default: the run's)")
     r.add_argument("--batch", type=positive_int, default=64,
                    help="images per forward pass (images of different sizes go in different batches)")
@@ -37,7 +42,7 @@ def add_parser(sub) -> None:
     r.set_defaults(fn=run_restore)
 
     d = sub.add_parser("degrade", help="write degraded copies of images (cold-diffusion degradations)")
-    d.add_argument("--process", required=True, help="blur | pixelate | mask | desaturate | snow | blend | noise | jpeg")
+    d.add_argument("--process", required=True, help=" | ".join(DEGRADATIONS))
     d.add_argument("--level", type=float, required=True, help="degradation level t in [0, 1]")
     d.add_argument("--input", required=True, help="an image or a folder of images (searched recursively)")
     d.add_argument("--out", required=True, help="output folder; each image keeps its relative path and name")
@@ -205,7 +210,7 @@ def _reference(ref_root: Path, rel: Path, shape: tuple[int, int, int]):
 
 def _compare(x_in, x_hat, ref) -> dict:
     """PSNR (and SSIM for images of at least 3x3) of the restored and the degraded image against the clean one."""
-    from ..eval.restoration import psnr, ssim
+    from ..quality import psnr, ssim
 
     rec = {"psnr": float(psnr(x_hat[None], ref[None])[0]), "psnr_input": float(psnr(x_in[None], ref[None])[0])}
     if min(ref.shape[-2:]) >= 3:

@@ -68,9 +68,9 @@ def unclip_asked(args) -> bool:
     return any(getattr(args, k, None) for k in UNCLIP_OPTIONS)
 
 
-def unclip_request(args, run, prompts: list[str]) -> tuple[dict, dict]:
-    """(the ``Run.sample`` keywords of an unCLIP request: embeddings, labels, n, shared seed; what
-    the request records) for ``--prior`` / ``--variations-of`` / ``--interpolate`` / ``--text-diff``."""
+def unclip_stream(args, run, prompts: list[str], plan, callback):
+    """(the chain's checked stream, what the request records) for ``--prior`` / ``--variations-of``
+    / ``--interpolate`` / ``--text-diff``: the flags are checked here, the rest by ``Unclip.sample``."""
     import hashlib
 
     import torch
@@ -87,8 +87,9 @@ def unclip_request(args, run, prompts: list[str]) -> tuple[dict, dict]:
         raise ValueError("give one of --prompt (with --prior), --variations-of IMAGE... or --interpolate IMAGE1 IMAGE2 "
                          f"to a decoder of embeddings (given: {given or 'none'})")
     if prompts and not args.prior:
+        encoder = run.data.clip.path if run.data.clip is not None else "ENCODER"
         raise ValueError(f"a decoder of embeddings draws a prompt through a prior: add --prior RUN (a run trained with "
-                         f"`unblur train --model prior --clip {run.data.get('clip', {}).get('path', 'ENCODER')}`)")
+                         f"`unblur train --model prior --clip {encoder}`)")
     if args.text_diff and (not args.variations_of or len(args.variations_of) != 1):
         raise ValueError("--text-diff FROM TO moves one image's embedding: give exactly one --variations-of IMAGE")
     prior = Run.load(args.prior, device=run.device) if args.prior else None
@@ -97,31 +98,33 @@ def unclip_request(args, run, prompts: list[str]) -> tuple[dict, dict]:
 
     def read(path: str):
         p = Path(path)
-        x = read_image(p, channels=C, size=(H, W))[None]
+        x = read_image(p, channels=C, size=(H, W), option="--variations-of" if args.variations_of else
+                       "--interpolate")[None]
         return x, {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()[:16]}
 
+    kw = dict(sampler=plan.sampler, steps=plan.steps, grid=plan.grid, guidance=args.guidance, seed=args.seed,
+              batch=args.batch, callback=callback)
     record: dict = {}
     if prompts:
-        z, labels = chain.from_prompts(prompts, args.n, sampler=args.prior_sampler, steps=args.prior_steps,
-                                       guidance=args.prior_guidance, seed=args.seed)
+        stream = chain.sample(args.n, prompts=prompts, prior_sampler=args.prior_sampler, prior_steps=args.prior_steps,
+                              prior_guidance=args.prior_guidance, **kw)
         record["prior"] = {"run": str(Path(args.prior).resolve()), "sampler": args.prior_sampler,
                            "steps": args.prior_steps, "guidance": args.prior_guidance}
-        return {"n": 1, "embeddings": z, "embedding_labels": labels, "shared_seed": False}, record
-    if args.interpolate:
+    elif args.interpolate:
         (a, ra), (b, rb) = read(args.interpolate[0]), read(args.interpolate[1])
-        z, labels = chain.interpolation(a, b, args.frames, names=(args.interpolate[0], args.interpolate[1]))
+        stream = chain.sample(interpolate=torch.cat([a, b]), names=list(args.interpolate), frames=args.frames, **kw)
         record["interpolate"] = [ra, rb, args.frames]
-        return {"n": 1, "embeddings": z, "embedding_labels": labels, "shared_seed": True}, record
-    images = [read(p) for p in args.variations_of]
-    if args.text_diff:
-        (x, r), = images
-        z, labels = chain.text_diff(x, args.text_diff[0], args.text_diff[1], args.frames, amount=args.amount,
-                                    name=args.variations_of[0])
-        record["text_diff"] = [r, *args.text_diff, args.frames, args.amount]
-        return {"n": 1, "embeddings": z, "embedding_labels": labels, "shared_seed": True}, record
-    z, labels = chain.variations(torch.cat([x for x, _ in images]), names=args.variations_of)
-    record["variations_of"] = [r for _, r in images]
-    return {"n": args.n, "embeddings": z, "embedding_labels": labels, "shared_seed": False}, record
+    else:
+        images = [read(p) for p in args.variations_of]
+        x = torch.cat([x for x, _ in images])
+        if args.text_diff:
+            stream = chain.sample(variations_of=x, names=args.variations_of, text_diff=tuple(args.text_diff),
+                                  frames=args.frames, amount=args.amount, **kw)
+            record["text_diff"] = [images[0][1], *args.text_diff, args.frames, args.amount]
+        else:
+            stream = chain.sample(args.n, variations_of=x, names=args.variations_of, **kw)
+            record["variations_of"] = [r for _, r in images]
+    return stream, record
 
 
 def read_prompts(args) -> list[str]:
@@ -170,6 +173,7 @@ def run_sample(args) -> int:
     from ..runs import Run
     from ..runs.outputs import SampleFolder
     from ..runs.pnginfo import settings_of, text_chunks
+    from ..runs.unclip import chain_fields
     from ..sampling import nfe
 
     if getattr(args, "from_png", None):
@@ -180,20 +184,22 @@ def run_sample(args) -> int:
     plan = run.plan(args.sampler, args.steps, args.grid)
     request = request_of(args, plan)
     kind = "generate"
-    if unclip_asked(args) or run.data.get("clip"):  # a decoder of embeddings: its contexts come from the chain
+
+    def step(info) -> None:  # the sampler's steps move the bar, made once the request is checked
+        bar.update(1)
+
+    if unclip_asked(args) or run.data.clip is not None:  # a chain's run: its contexts come from the chain
         if not unclip_asked(args) and not request["prompts"]:
             raise ValueError(f"{run.name} decodes image embeddings: give --prompt with --prior RUN, --variations-of "
                              "IMAGE or --interpolate IMAGE1 IMAGE2")
-        chain, extra = unclip_request(args, run, request["prompts"])
+        stream, extra = unclip_stream(args, run, request["prompts"], plan, step)  # checked before a folder is touched
         request.update(extra)
         kind = "unclip"
-        n, prompts = chain.pop("n"), []
     else:
-        chain, n, prompts = {}, args.n, request["prompts"]
-    stream = run.sample(n, classes=args.class_ or [], prompts=prompts,
-                        negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
-                        sampler=plan.sampler, steps=plan.steps, grid=plan.grid, seed=args.seed, batch=args.batch,
-                        callback=lambda info: bar.update(1), **chain)  # checked before a folder is touched
+        stream = run.sample(args.n, classes=args.class_ or [], prompts=request["prompts"],
+                            negative_prompt=args.negative_prompt, image=args.image, guidance=args.guidance,
+                            sampler=plan.sampler, steps=plan.steps, grid=plan.grid, seed=args.seed, batch=args.batch,
+                            callback=step)  # checked before a folder is touched
     out = Path(args.out) if args.out else default_out(args, plan, request)
     folder = SampleFolder(out, request, overwrite=args.overwrite)
     again = reproduction(args, request["prompts"], stream.total) if kind == "generate" else {}
@@ -205,8 +211,8 @@ def run_sample(args) -> int:
         t0, made = time.time(), 0
         try:
             for b in batches:
-                folder.write(b, [text_chunks(settings_of(run, r, kind=kind, **again)) for r in b.records]
-                             if run.is_image else None)
+                folder.write(b, [text_chunks(settings_of(run, r, kind=kind, **again, **chain_fields(r)))
+                                 for r in b.records] if run.is_image else None)
                 made += len(b.x)
         except KeyboardInterrupt:
             bar.close()

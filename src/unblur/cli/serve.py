@@ -46,18 +46,19 @@ def run_names(refs: list[str]) -> dict[str, str]:
 
 def match_priors(runs: dict, priors: list) -> dict:
     """Each prior to the served unCLIP decoders of its encoder (by the encoder's sha256)."""
+    from ..runs.unclip import is_decoder, is_prior
+
     out: dict = {}
-    decoders = {name: run.data.get("clip") for name, run in runs.items()
-                if (run.data.get("clip") or {}).get("role") == "decoder"}
+    decoders = {name: run.data.clip for name, run in runs.items() if is_decoder(run)}
     for prior in priors:
-        rec = prior.data.get("clip") or {}
-        if rec.get("role") != "prior":
+        rec = prior.data.clip
+        if not is_prior(prior):
             raise ValueError(f"--prior {prior.ref}: not a prior (train one with `unblur train --model prior --clip "
                              "ENCODER`)")
-        mine = [name for name, d in decoders.items() if d.get("sha256") == rec.get("sha256")]
+        mine = [name for name, d in decoders.items() if d.sha256 == rec.sha256]
         if not mine:
-            served = ", ".join(f"{n} ({d.get('path')})" for n, d in decoders.items()) or "none"
-            raise ValueError(f"--prior {prior.ref} was trained with the encoder {rec.get('path')!r}, and no served "
+            served = ", ".join(f"{n} ({d.path})" for n, d in decoders.items()) or "none"
+            raise ValueError(f"--prior {prior.ref} was trained with the encoder {rec.path!r}, and no served "
                              f"decoder was (the served unCLIP decoders and their encoders: {served})")
         for name in mine:
             if name in out:

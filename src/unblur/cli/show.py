@@ -119,7 +119,7 @@ def _forward(args) -> int:
     if args.levels < 2:
         raise ValueError(f"--levels must be >= 2, got {args.levels}")
     if args.run and not args.data and args.size is None:
-        from ..training.trainer import load_training_data
+        from ..data import load_training_data
 
         data = load_training_data(run.config)  # the run's own data, as it was trained
     else:

@@ -9,6 +9,8 @@ from .common import add_config_args, positive_float, positive_int, resolve_confi
 
 
 def add_parser(sub) -> None:
+    from ..processes import DEGRADATIONS, gaussian_processes
+
     # Argument declarations look alike across commands (same shape, other names): kept as plain argparse.
     t = sub.add_parser("train", help="train a model on images or vectors")
     t.add_argument("--data", help="folder | FILE.npy | builtin:digits | builtin:toy2d:NAME")
@@ -19,14 +21,10 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--process", help="edm | vp | cold diffusion: blur | pixelate | mask | desaturate | snow | "
-                   "blend | noise | jpeg (options: --set process.KEY=VALUE)")
+    t.add_argument("--process", help=" | ".join(gaussian_processes()) + " | cold diffusion: "
+                   + " | ".join(DEGRADATIONS) + " (options: --set process.KEY=VALUE)")
     t.add_argument("--blend-data", help="blend: the second data set mixed into the images")
-    t.add_argument("--model", dest="model_kind", metavar="KIND",
-                   help="unet | mlp | auto (the default: unet for images, mlp for vectors) | autoencoder (a KL "
-                   "autoencoder for latent diffusion; options: --set autoencoder.KEY=VALUE) | clip (a contrastive "
-                   "text-image encoder; --set clip.KEY=VALUE) | prior (diffusion over a clip run's image embeddings "
-                   "given its caption embeddings; needs --clip)")
+    t.add_argument("--model", dest="model_kind", metavar="KIND", help=model_help())
     t.add_argument("--clip", metavar="ENCODER", help="a contrastive encoder run (--model clip): condition a U-Net on "
                    "its image embeddings (the unCLIP decoder), or train a --model prior on its embeddings "
                    "(cond.clip)")
@@ -42,6 +40,14 @@ def add_parser(sub) -> None:
     d.add_argument("--minutes", type=positive_float, default=5.0)
     d.add_argument("--device", default=None)
     d.set_defaults(fn=run_demo)
+
+
+def model_help() -> str:
+    """``--model``'s help, from the model-kind registry: each kind's names and what it trains."""
+    from ..kinds import MODEL_KINDS
+
+    kinds = "; ".join(f"{' | '.join(k.config_names)}: {k.help}" for k in MODEL_KINDS.values())
+    return f"what to train (default auto). {kinds}; options of a kind: --set SECTION.KEY=VALUE"
 
 
 DEFAULT_MINUTES = 10.0  # the budget of `unblur train` given neither --steps nor --minutes (nor train.steps/minutes)

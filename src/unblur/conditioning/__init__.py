@@ -22,6 +22,7 @@ from . import labels, text, image, embedding  # noqa: F401 - registers the kinds
 # isort: on
 from .base import KINDS, Items, Kind, Requests, kind_of, register
 from .contexts import class_index, drop_cond, make_lowres, null_cond, upsample_to
+from .defaults import default_conditioning, describe_conditioning, text_encoder_default
 from .image import IMAGE_CONDITIONS
 from .network import condition_net, text_dim_of
 from .sampling import SampleContext
@@ -37,7 +38,10 @@ __all__ = [
     "SampleContext",
     "class_index",
     "condition_net",
+    "default_conditioning",
+    "describe_conditioning",
     "drop_cond",
+    "text_encoder_default",
     "kind_of",
     "make_lowres",
     "null_cond",

@@ -14,7 +14,7 @@ from .arrays import load_npy
 from .base import Data, DataWarning, augment, random_hflip, random_shift, split
 from .builtin import builtin_names, load_digits, load_toy2d
 from .folder import load_folder
-from .load import load_data
+from .load import data_block, load_data, load_training_data
 from .shapes import load_shapes
 from .toy2d import TOY2D, Toy2D, get_toy2d
 
@@ -27,7 +27,9 @@ __all__ = [
     "Toy2D",
     "builtin_names",
     "get_toy2d",
+    "data_block",
     "load_data",
+    "load_training_data",
     "load_digits",
     "load_folder",
     "load_npy",

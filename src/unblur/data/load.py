@@ -92,3 +92,26 @@ def _only(spec: str, where: str, **given) -> None:
     for name, value in given.items():
         if value not in (None, False):
             raise ValueError(f"{name}={value!r} applies to {where} only, not to {spec!r}")
+
+
+def load_training_data(cfg) -> Data:
+    """The data a run trains on, read as its ``[data]`` config says (size, channels, the
+    built-in sets' item count and seed)."""
+    d = cfg.data
+    size = None if d.size is None else (d.size[0] if len(d.size) == 1 else tuple(d.size))
+    kwargs: dict = {"size": size, "channels": d.channels, "max_bad_fraction": d.max_bad_fraction}
+    if d.keep_aspect:
+        kwargs["keep_aspect"] = True
+    if d.source.startswith("builtin:toy2d"):
+        kwargs["n"] = d.num_points
+        kwargs["seed"] = cfg.train.seed
+    if d.source.startswith("builtin:shapes"):
+        kwargs["n"] = d.num_images
+        kwargs["seed"] = cfg.train.seed
+    return load_data(d.source, **kwargs)
+
+
+def data_block(data: Data) -> list[str]:
+    """The data's summary as the lines of a block: ``data: SOURCE``, then indented details."""
+    first, *rest = data.summary().splitlines()
+    return [f"data: {first.removeprefix('source: ')}", *(f"  {line}" for line in rest)]

@@ -1,5 +1,5 @@
 """Editing with a cold-diffusion run: img2img as degrade-then-restore, and inpainting of a
-user's mask with a ``mask`` run's restorer.
+user's mask with the restorer of a degradation that masks pixels (``process.inpaints``: mask).
 
 A ``mask`` run learns to restore the training pattern (a centre rectangle of side t, patches,
 a fade) at each level t. A user's mask M has its own shape, so its degradation is built from
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..processes.cold import ColdProcess
+from ..processes.degradations import DEGRADATIONS
 from ..sampling.cold import level_grid
 from ..types import Callback, Cond, Denoiser, StepInfo
 
@@ -34,7 +36,7 @@ def mask_depth(mask: Tensor) -> Tensor:
     return depth
 
 
-def user_mask_levels(process, mask: Tensor) -> tuple:
+def user_mask_levels(process: ColdProcess, mask: Tensor) -> tuple:
     """(m_t, network level) for a user's mask (B, 1, H, W): ``m(t)`` the masked fraction of each
     pixel at t in [0, 1], ``net_level(m)`` the training level whose pattern covers the same area."""
     depth = mask_depth(mask.bool())
@@ -56,16 +58,18 @@ def user_mask_levels(process, mask: Tensor) -> tuple:
 
 
 @torch.no_grad()
-def cold_inpaint(restorer: Denoiser, x0: Tensor, mask: Tensor, *, process, steps: int = 20, cond: Cond = None,
-                 callback: Callback | None = None) -> Tensor:
-    """Fill the ``mask`` (True = regenerate, (B or 1, 1, H, W)) of images x0 (B, C, H, W) with a
-    ``mask`` run's restorer (Algorithm 2 over the user-mask degradation); kept pixels are x0's."""
-    if getattr(process, "kind", None) != "mask":
-        raise ValueError(f"inpainting with a cold run needs a mask run (unblur train --process mask); this run's "
-                         f"process is {getattr(process, 'kind', process)!r}")
+def cold_inpaint(restorer: Denoiser, x0: Tensor, mask: Tensor, *, process: ColdProcess, steps: int = 20,
+                 cond: Cond = None, callback: Callback | None = None) -> Tensor:
+    """Fill the ``mask`` (True = regenerate, (B or 1, 1, H, W)) of images x0 (B, C, H, W) with the
+    restorer of a cold process that ``inpaints`` (mask; Algorithm 2 over the user-mask
+    degradation, its ``mask`` pattern read for the levels); kept pixels are x0's."""
+    if not (process.restores and process.inpaints):
+        kinds = " | ".join(name for name, cls in DEGRADATIONS.items() if cls.inpaints)
+        raise ValueError(f"inpainting with a cold run needs a run whose degradation masks pixels (unblur train "
+                         f"--process {kinds}); this run's process is {process.kind!r}")
     mask = mask.to(x0.device).bool().expand(x0.shape[0], 1, *x0.shape[-2:])
     m, net_level = user_mask_levels(process, mask.cpu())
-    fill = float(process.mask_fill)
+    fill = float(process.fill)
 
     def degrade(x: Tensor, t: float) -> Tensor:
         mt = m(t).to(device=x.device, dtype=x.dtype)

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..sampling import get_sampler
 from ..sampling.samplers import _levels, check_grid, ddpm_step
 from ..types import Callback, Cond, Denoiser, Generator, Process, StepInfo
-from ..utils import randn, randn_like
+from ..utils import randn_like
 
 METHODS = ("replace", "repaint")
 
@@ -62,11 +62,12 @@ def strength_grid(grid: Tensor, strength: float) -> Tensor | None:
 
 def noised_start(x0: Tensor, grid: Tensor, process: Process, generator: Generator = None, *, full: bool) -> Tensor:
     """The start of an edit at ``grid[0]``: the process's prior draw when ``full`` (strength 1:
-    the same draw as plain sampling), else x0 + grid[0] n (the input noised to that level)."""
+    the same draw as plain sampling), else ``process.degrade(x0, grid[0])`` = x0 + grid[0] n
+    (the input noised to that level)."""
     level = float(grid[0])
     if full:
         return process.prior(tuple(x0.shape), generator, level=level, device=x0.device, dtype=x0.dtype)
-    return x0 + level * randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return process.degrade(x0, level, generator)
 
 
 def keep_known(denoiser: Denoiser, known: Tensor, mask: Tensor) -> Denoiser:

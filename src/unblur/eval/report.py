@@ -81,8 +81,8 @@ def default_metrics(info: dict, process) -> tuple[str, ...]:
     cold-diffusion run (and sample quality where its degradation can generate), sample quality
     and likelihood otherwise."""
     gen = DEFAULT_IMAGE_METRICS if info["kind"] == "image" else DEFAULT_VECTOR_METRICS
-    if getattr(process, "restores", False):
-        return DEFAULT_COLD_METRICS + (gen if getattr(process, "can_generate", False) else ())
+    if process.restores:
+        return DEFAULT_COLD_METRICS + (gen if process.can_generate else ())
     return gen
 
 
@@ -294,7 +294,7 @@ def evaluate(
 
 def check_restoration(process, level: float) -> None:
     """psnr/ssim need a cold-diffusion run and a level in (0, 1]; checked before any sampling starts."""
-    if not getattr(process, "restores", False):
+    if not process.restores:
         raise ValueError(f"psnr and ssim measure restoration by a cold-diffusion run (--process blur, mask, ...); "
                          f"this run's process is {process!r}: ask for fid, kid, pr, is or bpd instead")
     if not 0 < level <= 1:

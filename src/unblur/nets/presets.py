@@ -66,3 +66,57 @@ def describe_unet(size: UNetSize, *, mid_attention: bool) -> str:
 
 
 __all__ = ["PRESETS", "REFERENCE", "UNetSize", "describe_unet", "unet_preset"]
+
+
+MODEL_SIZES = ("base_channels", "channel_mult", "num_res_blocks", "attn_resolutions")  # the model.* a preset fills
+
+
+def size_model(cfg, data_info, device) -> tuple:
+    """``cfg`` with the U-Net sizes left None filled from the preset for the images and the
+    device, so the run's config.json records the network it trains; and words on the preset
+    (``preset cpu-32 (32x32 images on cpu)``), or None where every size was given."""
+    from dataclasses import replace
+
+    m = cfg.model
+    if all(getattr(m, k) is not None for k in MODEL_SIZES):
+        return cfg, None
+    H, W = data_info.shape[1:]
+    name, preset = unet_preset((H, W), device.type)
+    given = [f"model.{k}" for k in MODEL_SIZES if getattr(m, k) is not None]
+    filled = {k: getattr(m, k) if getattr(m, k) is not None else getattr(preset, k) for k in MODEL_SIZES}
+    why = f"{H}x{W} images on {device.type}" + (f"; {', '.join(given)} as given" if given else "")
+    return replace(cfg, model=replace(m, **filled)), f"preset {name} ({why})"
+
+
+def describe_model(net, shape: tuple[int, ...], device, how: str) -> str:
+    """One line on a denoising network as built: ``how`` it was chosen (``preset cpu-32
+    (...)``, ``model.* as given``, ``the run's own``), its size in words, parameters and FLOPs."""
+    from . import count_parameters
+
+    params = f"{count_parameters(net) / 1e6:.2f} M parameters"
+    if len(shape) != 3:
+        return (f"model: MLP, width {net.cfg.hidden}, {net.cfg.depth} blocks; {params}; set model.hidden, "
+                "model.depth to choose")
+    u = net.cfg  # the UNetConfig built (a learned text encoder's wrapper passes it through)
+    words = describe_unet(UNetSize(u.base_channels, u.channel_mult, u.num_res_blocks, u.attn_resolutions),
+                          mid_attention=u.mid_attention)
+    cost = f"{params}, {flops_per_item(net, shape, device) / 1e9:.2g} GFLOP per image"
+    if how.startswith("preset"):
+        return f"model: {how}: {words}; {cost}; set model.* to choose"
+    return f"model: {words} ({how}); {cost}"
+
+
+def flops_per_item(net, shape: tuple[int, ...], device) -> float:
+    """Forward FLOPs of one item, counted with the parameters frozen for the moment (the
+    counter's module hooks trip over the text null token's parameter otherwise)."""
+    import torch
+
+    from . import forward_flops
+
+    wanted = [p.requires_grad for p in net.parameters()]
+    net.requires_grad_(False)
+    try:
+        return forward_flops(net, torch.zeros(1, *shape, device=device), torch.zeros(1, device=device))
+    finally:
+        for p, want in zip(net.parameters(), wanted):
+            p.requires_grad_(want)

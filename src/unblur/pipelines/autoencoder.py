@@ -227,13 +227,10 @@ def _load_run(file: Path, device: torch.device, dtype: torch.dtype) -> LoadedAut
         cfg = Config.from_dict(json.loads(meta["config"]))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{str(file)!r}: its config cannot be read ({e})") from None
-    if cfg.model.kind != "autoencoder":
-        raise ValueError(f"{str(file.parent)!r} is an unblur diffusion run (model.kind={cfg.model.kind}), not an "
-                         "autoencoder: give a run trained with `unblur train --model autoencoder`, or a diffusers "
-                         "AutoencoderKL folder")
-    if AUTOENCODER_KEY not in meta:
-        raise ValueError(f"{str(file)!r} has no '{AUTOENCODER_KEY}' entry in its metadata: it was cut short or "
-                         "written by another program; train the run again")
+    if AUTOENCODER_KEY not in meta:  # what an autoencoder run's export holds, and no other run's
+        raise ValueError(f"{str(file.parent)!r} is an unblur model.kind={cfg.model.kind} run, not an autoencoder (no "
+                         f"'{AUTOENCODER_KEY}' in its metadata): give a run trained with `unblur train --model "
+                         "autoencoder`, or a diffusers AutoencoderKL folder")
     try:
         config = AutoencoderKLConfig.from_dict(json.loads(meta[AUTOENCODER_KEY]), source=file)
         shape = json.loads(meta["data_info"])["shape"] if "data_info" in meta else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..types import LatentRecord
 from ..utils import atomic_write_bytes
 from .autoencoder import LoadedAutoencoder, load_autoencoder
 
@@ -73,11 +74,11 @@ class LatentSpace:
         f = self.factor
         return F.max_pool2d(mask.float(), f, stride=f, ceil_mode=True) > 0
 
-    def record(self, *, embedded: bool = False) -> dict[str, Any]:
+    def record(self, *, embedded: bool = False) -> LatentRecord:
         """What a run stores about its latent space (``DataInfo.latent``)."""
-        return {"autoencoder": self.ae.path, "sha256": self.ae.sha256, "kind": self.ae.kind, "shift": self.shift,
-                "scale": self.scale, "image_shape": list(self.image_shape), "latent_shape": list(self.latent_shape),
-                "embedded": embedded}
+        return LatentRecord(path=str(self.ae.path), sha256=self.ae.sha256, kind=self.ae.kind, shift=self.shift,
+                            scale=self.scale, image_shape=tuple(self.image_shape),
+                            latent_shape=tuple(self.latent_shape), embedded=embedded)
 
 
 def measure(z: Tensor) -> tuple[float, float]:
@@ -122,17 +123,17 @@ def encode_data(ae: LoadedAutoencoder, x: Tensor, *, fingerprint: str | None, ba
     return z, path, False
 
 
-def open_latent_space(latent: dict[str, Any], run_dir: Path | None, *, device: str | torch.device = "cpu"
+def open_latent_space(latent: LatentRecord, run_dir: Path | None, *, device: str | torch.device = "cpu"
                       ) -> LatentSpace:
     """The latent space a run recorded: its embedded copy of the autoencoder when there is one,
     else the autoencoder at the recorded path, whose weights must have the recorded hash."""
-    want = str(latent.get("sha256", ""))
+    want = latent.sha256
     embedded = run_dir / EMBEDDED if run_dir is not None else None
-    if embedded is not None and latent.get("embedded") and embedded.is_dir():
+    if embedded is not None and latent.embedded and embedded.is_dir():
         ae = load_autoencoder(embedded, device=device)
         where = f"the run's embedded copy {str(embedded)!r}"
     else:
-        path = str(latent.get("autoencoder", ""))
+        path = latent.path
         if not path or not Path(path).exists():
             raise ValueError(f"this latent run's autoencoder {path!r} (sha256 {want[:16]}...) was moved or deleted: "
                              "put it back, or retrain the run with --latent pointing at it (--embed-ae keeps a "
@@ -142,7 +143,7 @@ def open_latent_space(latent: dict[str, Any], run_dir: Path | None, *, device: s
     if want and ae.sha256 != want:
         raise ValueError(f"{where} has changed since this run was trained: its weights have sha256 "
                          f"{ae.sha256[:16]}..., the run expects {want[:16]}...; put the original back or retrain")
-    return LatentSpace(ae, float(latent["shift"]), float(latent["scale"]), tuple(latent["image_shape"]))
+    return LatentSpace(ae, latent.shift, latent.scale, tuple(latent.image_shape))
 
 
 def embed(ae: LoadedAutoencoder, run_dir: Path) -> Path:
@@ -165,13 +166,16 @@ def embed(ae: LoadedAutoencoder, run_dir: Path) -> Path:
 
 
 def latent_training_data(data, source: str, *, device: str | torch.device = "cpu", fingerprint: str | None,
-                         recorded: dict[str, Any] | None = None, say: Callable[[str], None] = print):
+                         recorded: LatentRecord | Mapping[str, Any] | None = None,
+                         say: Callable[[str], None] = print):
     """(LatentSpace, the training data as latents) for a latent run on images ``data``
     (``unblur.data.Data``) with the autoencoder at ``source``.
 
     A new run measures shift and scale on the latents; a resumed one (``recorded``: its
-    ``DataInfo.latent``) keeps its own and checks that the autoencoder is the one it trained with.
+    ``DataInfo.latent``, or that record's dict form from a resume state) keeps its own and checks
+    that the autoencoder is the one it trained with.
     """
+    recorded = LatentRecord.of(recorded)
     import time
 
     from ..data import Data
@@ -188,16 +192,16 @@ def latent_training_data(data, source: str, *, device: str | torch.device = "cpu
     if H % f or W % f:
         raise ValueError(f"the autoencoder {ae.path!r} downsamples by {f}, so the images' sides must be multiples of "
                          f"{f}; they are {H}x{W}: set data.size (e.g. data.size={max(f, H - H % f)})")
-    if recorded and recorded.get("sha256") and recorded["sha256"] != ae.sha256:
+    if recorded is not None and recorded.sha256 and recorded.sha256 != ae.sha256:
         raise ValueError(f"the autoencoder {ae.path!r} has changed since this run was trained: its weights have sha256 "
-                         f"{ae.sha256[:16]}..., the run expects {str(recorded['sha256'])[:16]}...")
+                         f"{ae.sha256[:16]}..., the run expects {recorded.sha256[:16]}...")
     t0 = time.perf_counter()
     z, path, hit = encode_data(ae, data.x, fingerprint=fingerprint)
     where = f" ({'read from' if hit else 'cached in'} {path})" if path is not None else ""
     say(f"latents: {len(z)} images {W}x{H} -> {'x'.join(map(str, z.shape[1:]))} with the autoencoder {ae.path} "
         f"({ae.kind}, sha256 {ae.sha256[:12]}), {time.perf_counter() - t0:.1f} s{where}")
-    if recorded:
-        shift, scale = float(recorded["shift"]), float(recorded["scale"])
+    if recorded is not None:
+        shift, scale = recorded.shift, recorded.scale
     else:
         shift, scale = measure(z)
         say(f"latent scale measured on the data: shift {shift:+.4f}, scale {scale:.4f} (unit variance)")

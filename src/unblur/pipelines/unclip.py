@@ -9,9 +9,10 @@
   (``attach_image_embeddings``; the U-Net's ``embedding`` input).
 
 Both the prior and the decoder record the encoder they were trained with (path, SHA-256,
-width) in ``DataInfo.clip``; ``check_same_encoder`` refuses a prior and a decoder that were
-trained with different encoders. The embedding-space operations of the paper are here too:
-``slerp`` (interpolations, sec. 3.2) and ``text_diff`` (sec. 3.3).
+width, and whether the run is the prior) in ``DataInfo.clip``, a ``types.ClipRecord``;
+``check_same_encoder`` refuses a prior and a decoder that were trained with different encoders.
+The embedding-space operations of the paper are here too: ``slerp`` (interpolations, sec. 3.2)
+and ``text_diff`` (sec. 3.3).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from ..config import Config
 from ..nets.clip import ClipModel, ClipNetConfig, pool_tokens
+from ..types import ClipRecord
 from ..utils import resolve_device
 
 RUN_MODEL_FILE = "model.safetensors"
@@ -100,10 +102,15 @@ class ClipEncoder:
     def dim(self) -> int:
         return self.model.cfg.embed_dim
 
-    def record(self, role: str) -> dict:
-        """What a prior or decoder remembers about the encoder it was trained with."""
-        return {"path": str(self.path), "sha256": self.sha256, "dim": self.dim, "role": role,
-                "image_shape": list(self.image_shape)}
+    def record(self, role: str | None = None, *, for_prior: bool | None = None) -> ClipRecord:
+        """What a prior (``for_prior=True``) or a decoder (False) remembers about the encoder it was
+        trained with; ``role`` ("prior" or "decoder", the word a run's JSON holds) says the same."""
+        if (role is None) == (for_prior is None):
+            raise TypeError("give one of role= and for_prior= to ClipEncoder.record")
+        if for_prior is None:
+            for_prior = ClipRecord.is_prior_role(role)
+        return ClipRecord(path=str(self.path), sha256=self.sha256, dim=self.dim, for_prior=bool(for_prior),
+                          image_shape=tuple(self.image_shape))
 
     def check_images(self, x: Tensor, what: str = "the images") -> None:
         C, H, W = self.image_shape
@@ -146,12 +153,12 @@ def load_clip(path: str | Path, *, device: str | torch.device = "cpu") -> ClipEn
         info = json.loads(meta.get("data_info", "{}"))
     except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError, OSError) as e:
         raise ValueError(f"{str(file)!r} is not a readable unblur run ({e!r}); it may be truncated") from None
-    if cfg.model.kind != "clip":
-        raise ValueError(f"{str(file.parent)!r} is a model.kind={cfg.model.kind} run, not a contrastive encoder: give "
-                         "a run trained with `unblur train --model clip`")
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     shape = tuple(int(v) for v in info["shape"])
     model = ClipModel(clip_net_config(cfg, shape[0], int(info.get("text_dim") or clip_text_dim(cfg))))
+    if set(state) != set(model.state_dict()):  # the weights say what the run is: another kind has others
+        raise ValueError(f"{str(file.parent)!r} is a model.kind={cfg.model.kind} run, not a contrastive encoder: give "
+                         "a run trained with `unblur train --model clip`")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -171,16 +178,18 @@ def _images_of(data) -> Tensor:
     return data.pixels if getattr(data, "pixels", None) is not None else data.x
 
 
-def _check_encoder_record(enc: ClipEncoder, recorded: dict | None) -> None:
-    if recorded and recorded.get("sha256") and recorded["sha256"] != enc.sha256:
+def _check_encoder_record(enc: ClipEncoder, recorded: ClipRecord | Mapping | None) -> None:
+    recorded = ClipRecord.of(recorded)
+    if recorded is not None and recorded.sha256 and recorded.sha256 != enc.sha256:
         raise ValueError(f"the encoder {str(enc.path)!r} has changed since this run was trained: its weights have "
-                         f"sha256 {enc.sha256[:16]}..., the run expects {str(recorded['sha256'])[:16]}...")
+                         f"sha256 {enc.sha256[:16]}..., the run expects {recorded.sha256[:16]}...")
 
 
-def attach_image_embeddings(data, source: str, *, device: torch.device | str = "cpu", recorded: dict | None = None,
-                            say: Callable[[str], None] = print):
+def attach_image_embeddings(data, source: str, *, device: torch.device | str = "cpu",
+                            recorded: ClipRecord | Mapping | None = None, say: Callable[[str], None] = print):
     """(encoder, ``data`` with ``embeddings`` = the encoder's image embedding of every image):
-    the training contexts of a decoder."""
+    the training contexts of a decoder. ``recorded``: a resumed run's ``DataInfo.clip`` (or its
+    dict form from a resume state), whose hash the encoder must have."""
     if data.kind != "image":
         raise ValueError(f"cond.clip conditions an image decoder, but {data.source!r} holds vectors")
     enc = load_clip(source, device=device)
@@ -193,10 +202,12 @@ def attach_image_embeddings(data, source: str, *, device: torch.device | str = "
     return enc, replace(data, embeddings=z)
 
 
-def prior_training_data(data, source: str, *, device: torch.device | str = "cpu", recorded: dict | None = None,
-                        cache: str | Path | None = None, say: Callable[[str], None] = print):
+def prior_training_data(data, source: str, *, device: torch.device | str = "cpu",
+                        recorded: ClipRecord | Mapping | None = None, cache: str | Path | None = None,
+                        say: Callable[[str], None] = print):
     """(encoder, the prior's training data): vectors x = sqrt(E) * image embedding of each image,
-    with ``embeddings`` = the text embedding of its caption (what the prior is conditioned on)."""
+    with ``embeddings`` = the text embedding of its caption (what the prior is conditioned on).
+    ``recorded`` as in ``attach_image_embeddings``."""
     from ..data import Data
 
     if data.kind != "image" or not data.has_captions:
@@ -222,18 +233,17 @@ def prior_training_data(data, source: str, *, device: torch.device | str = "cpu"
 
 
 def check_same_encoder(prior_info, decoder_info, *, prior: str, decoder: str) -> None:
-    """Refuse a prior and a decoder trained with different contrastive encoders."""
-    p, d = prior_info.get("clip"), decoder_info.get("clip")
-    if not d:
+    """Refuse a prior and a decoder (their ``DataInfo``) trained with different contrastive encoders."""
+    p, d = prior_info.clip, decoder_info.clip
+    if d is None:
         raise ValueError(f"{decoder} is not conditioned on a contrastive encoder's image embeddings (it was trained "
                          "without --clip): train a decoder with `unblur train --clip ENCODER ...`")
-    if not p or p.get("role") != "prior":
+    if p is None or not p.for_prior:
         raise ValueError(f"{prior} is not a prior: give a run trained with `unblur train --model prior --clip ENCODER`")
-    if p.get("sha256") != d.get("sha256"):
-        raise ValueError(f"the prior {prior} was trained with the encoder {p.get('path')!r} (sha256 "
-                         f"{str(p.get('sha256'))[:12]}...), the decoder {decoder} with {d.get('path')!r} (sha256 "
-                         f"{str(d.get('sha256'))[:12]}...): a prior's embeddings only mean something to a decoder of "
-                         "the same encoder")
+    if p.sha256 != d.sha256:
+        raise ValueError(f"the prior {prior} was trained with the encoder {p.path!r} (sha256 {p.sha256[:12]}...), "
+                         f"the decoder {decoder} with {d.path!r} (sha256 {d.sha256[:12]}...): a prior's embeddings "
+                         "only mean something to a decoder of the same encoder")
 
 
 def clip_scores(clip: ClipEncoder, images: Tensor, prompts: Sequence[str]) -> Tensor:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -44,6 +44,11 @@ from torch import Tensor
 from ..types import Generator
 from ..utils import append_dims, rand
 from .degradations import DEGRADATIONS, Degradation, get_degradation, wide
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..types import DataInfo
+    from .registry import DataReader
 
 COLD_PROCESSES = tuple(DEGRADATIONS)
 COLD_SAMPLERS = ("cold", "cold-naive")  # the samplers of ``unblur.sampling.cold`` that apply
@@ -115,6 +120,7 @@ class ColdProcess:
     samplers: ClassVar[tuple[str, ...]] = COLD_SAMPLERS
     loss_key: ClassVar[str] = "restore_loss"
     precond: ClassVar[str] = "cold"  # the network -> denoiser wrapper: ``unblur.precond.ColdPrecond``
+    sigma_data: ClassVar[float] = 0.5  # for the rows of ``prediction`` that read it (noise: EDM's)
     restores: ClassVar[bool] = True  # restores degraded images (``unblur restore``, PSNR/SSIM)
 
     def __init__(self, kind: str | None = None, *, degradation: Degradation | None = None,
@@ -158,6 +164,8 @@ class ColdProcess:
         "restore_sampler", "How ``unblur restore`` restores by default: cold (the walk) or one-shot.")
     prediction = _from_degradation(
         "prediction", "The row of ``unblur.precond.coefficients`` a restorer over this process uses.")
+    inpaints = _from_degradation(
+        "inpaints", "Whether its restorer fills a user's mask (mask: ``unblur.editing.cold_inpaint``).")
 
     def precond_sigma(self, t: Tensor) -> Tensor:
         """The noise level at which the restorer's coefficients are read at level t (B,)."""
@@ -246,6 +254,25 @@ def build_cold_process(p: Any, *, shape: tuple[int, ...] | None = None, start_st
     if shape is not None:
         degradation.check_shape(tuple(shape), for_model=for_model)
     return ColdProcess(degradation=degradation, start_stats=start_stats)
+
+
+def cold_from_config(cfg: Config, data_info: DataInfo | None = None, *,
+                     read_data: DataReader | None = None) -> ColdProcess:
+    """The cold process ``cfg.process.kind`` names (a registry factory, ``processes.registry``):
+    the image shape and fitted start statistics from ``data_info``, and the second data set of a
+    degradation that mixes one in (``partner_data``: blend) read by ``read_data``."""
+    p = cfg.process
+    cls = get_degradation(p.kind)
+    shape = data_info.shape if data_info is not None else None
+    source = getattr(p, cls.partner_data) if cls.partner_data else None
+    others = None
+    if source:
+        if read_data is None:
+            raise ValueError(f"the {p.kind} process mixes in the images of process.{cls.partner_data}={source!r}: "
+                             "build it with runs.build.build_process, which reads them")
+        others = read_data(source, shape)
+    start = data_info.cold_start if data_info is not None else None
+    return build_cold_process(p, shape=shape, start_stats=start, others=others)
 
 
 def check_process_config(p: Any) -> None:

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from ..config import SAMPLERS
 from ..types import Generator
 from ..utils import append_dims, choice_error, rand, randn, randn_like
+from .cold import COLD_SAMPLERS
 from .grids import make_grid
 
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..types import DataInfo
+    from .registry import DataReader
+
 SCHEDULES = ("linear", "scaled-linear", "cosine", "sigmoid")
-GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-2m-sde", "pc-langevin")
+# Every sampler walks VE noise levels but the cold ones: ``config.SAMPLERS`` is the sampler
+# registry's names (``unblur.sampling.SAMPLERS``, a test keeps them equal).
+GAUSSIAN_SAMPLERS = tuple(name for name in SAMPLERS if name not in COLD_SAMPLERS)
 
 
 def sigma_to_alpha_bar(sigma: Tensor) -> Tensor:
@@ -140,9 +150,29 @@ class GaussianProcess:
     default_sampler: str = "dpmpp-2m"
     samplers: tuple[str, ...] = GAUSSIAN_SAMPLERS
     can_generate: bool = True
-    restores: bool = False  # not a restorer of degraded images (no PSNR/SSIM with training grids)
     loss_key: str = "loss"
     precond: str = "vp"  # the preconditioning row of ``unblur.precond`` a network over it uses
+    sigma_data: float = 0.5  # images in [-1, 1]; EDMProcess takes it from the config (measured on the data)
+    restores: bool = False  # it generates from noise; it is no restorer of degraded images (no PSNR/SSIM)
+    restore_sampler: str | None = None
+    level_estimable: bool = False
+    inpaints: bool = True  # replacement and RePaint fill a user's mask (``unblur.editing.gaussian``)
+    num_steps: int | None = None  # the training steps of a discrete schedule; None: continuous
+
+    def degrade(self, x0: Tensor, level: Tensor | float, generator: Generator = None, *,
+                layer: Tensor | None = None) -> Tensor:
+        """x = x0 + sigma n in VE scale at the noise level(s) ``level`` (a scalar or (B,)), n ~ N(0, I)
+        from ``generator`` or ``layer``; ``level`` 0 gives x0 exactly."""
+        sigma = torch.as_tensor(level, device=x0.device).to(x0.dtype)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x0.shape[0])
+        if sigma.shape != (x0.shape[0],):
+            raise ValueError(f"the noise level must be a scalar or have shape ({x0.shape[0]},), "
+                             f"got {tuple(sigma.shape)}")
+        if bool(((sigma < 0) | ~torch.isfinite(sigma)).any()):
+            raise ValueError(f"noise levels must be finite and >= 0, got {sigma.tolist()}")
+        noise = randn_like(x0, generator) if layer is None else layer.to(x0.dtype)
+        return x0 + append_dims(sigma, x0.ndim) * noise
 
     def levels(self, steps: int, grid: str) -> Tensor:
         """The named grid of ``steps`` noise levels, ending at 0 (``unblur.processes.grids``)."""
@@ -162,7 +192,7 @@ class GaussianProcess:
         """(sigma (B,), x = x0 + sigma n): the process's training levels, then the noise."""
         sigma = self.training_sigma(x0.shape[0], generator, x0.device)
         noise = randn_like(x0, generator)
-        return sigma, x0 + append_dims(sigma, x0.ndim) * noise
+        return sigma, x0 + append_dims(sigma, x0.ndim) * noise  # = degrade(x0, sigma), its levels known good
 
     def picture(self, x0: Tensor, t: Tensor, generator: Generator = None) -> Tensor:
         """(x0 + sigma(t) n) / sqrt(1 + sigma(t)^2): every level as a VP model sees it, in [-1, 1]
@@ -252,6 +282,15 @@ class EDMProcess(GaussianProcess):
     kind = "edm"
     precond = "edm"
 
+    @classmethod
+    def from_config(cls, cfg: Config, data_info: DataInfo | None = None, *,
+                    read_data: DataReader | None = None) -> EDMProcess:
+        """The process of ``cfg.process`` (sigma range, sigma_data: 0.5 until measured) and its
+        training levels ``cfg.objective.p_mean`` / ``p_std``."""
+        p, o = cfg.process, cfg.objective
+        sigma_data = 0.5 if p.sigma_data is None else p.sigma_data
+        return cls(sigma_min=p.sigma_min, sigma_max=p.sigma_max, sigma_data=sigma_data, p_mean=o.p_mean, p_std=o.p_std)
+
     def training_sigma(self, batch: int, generator: Generator = None, device=None) -> Tensor:
         """ln sigma ~ N(p_mean, p_std^2), shape (B,) (Karras et al. 2022, sec. 5)."""
         z = randn((batch,), generator=generator, device=device)
@@ -311,6 +350,13 @@ class DiscreteVP(GaussianProcess):
         self.sigma_min = float(finite[0])
         self.sigma_max = float(finite[-1])
         self._log_sigmas = finite.log()
+
+    @classmethod
+    def from_config(cls, cfg: Config, data_info: DataInfo | None = None, *,
+                    read_data: DataReader | None = None) -> DiscreteVP:
+        """The schedule of ``cfg.process`` (``schedule``, ``num_steps``, ``zero_terminal_snr``)."""
+        p = cfg.process
+        return cls(p.schedule, p.num_steps, zero_terminal_snr=p.zero_terminal_snr)
 
     def __repr__(self) -> str:
         ztsnr = ", zero_terminal_snr=True" if self.zero_terminal_snr else ""

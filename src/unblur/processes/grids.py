@@ -15,7 +15,7 @@ from torch import Tensor
 from ..utils import choice_error
 
 if TYPE_CHECKING:  # grids are built for processes; processes import grids, not the reverse
-    from .gaussian import DiscreteVP
+    from .gaussian import DiscreteVP, GaussianProcess
 
 SPACINGS = ("leading", "trailing", "linspace")
 GRIDS = ("karras", "logsnr", "leading", "trailing", "linspace", "ddim", "full")
@@ -89,18 +89,18 @@ def ddim_grid(process: DiscreteVP, steps: int) -> Tensor:
     return discrete_grid(process, steps, "leading")
 
 
-def make_grid(name: str, steps: int, process, *, rho: float = 7.0) -> Tensor:
+def make_grid(name: str, steps: int, process: GaussianProcess, *, rho: float = 7.0) -> Tensor:
     """A named grid for ``process``: karras, logsnr, leading, trailing, linspace, ddim, full.
 
     ``full`` is every training step of a discrete process (``steps`` is then ignored).
-    Discrete spacings need a :class:`DiscreteVP`.
+    Discrete spacings need a schedule of training steps (``process.num_steps``, a :class:`DiscreteVP`).
     """
     if name == "karras":
         return karras_grid(steps, process.sigma_min, process.sigma_max, rho)
     if name == "logsnr":
         return logsnr_grid(steps, process.sigma_min, process.sigma_max)
     if name in ("leading", "trailing", "linspace", "ddim", "full"):
-        if getattr(process, "num_steps", None) is None:  # not a discrete schedule
+        if process.num_steps is None:  # a continuous process: no training steps to space
             raise ValueError(f"grid {name!r} needs a discrete schedule; use karras or logsnr for {process!r}")
         if name == "full":
             return discrete_grid(process, process.num_steps, "leading")

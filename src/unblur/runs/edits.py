@@ -25,12 +25,14 @@ from ..editing import (
     strength_grid,
     tiled,
 )
+from ..processes import DEGRADATIONS, gaussian_processes
 from ..types import Callback, Denoiser
 from ..utils import seeded_generators
 from .build import downsampling
 
-# What each edit needs of a run's process: the Gaussian processes do every edit; a cold run
-# does img2img (degrade, then restore) and, for a mask run, inpainting and outpainting.
+# What each edit needs of a run's process: a noise process (``restores`` False: levels are noise
+# levels) does every edit; a restorer does img2img (degrade, then restore) and, where its process
+# ``inpaints`` (mask), inpainting and outpainting.
 GAUSSIAN_ONLY = ("repaint", "invert", "interpolate")
 
 
@@ -59,16 +61,18 @@ class Editing:
 
     def check_edit(self, what: str) -> None:
         """Refuse an edit the run's process cannot do, in words that say which run can."""
-        gaussian = not getattr(self.process, "restores", False)
-        if gaussian:
+        process = self.process
+        if not process.restores:  # a noise process: every edit
             return
-        kind = self.process.kind
+        kind = process.kind
+        gaussian = ", ".join(gaussian_processes())
+        masking = " or ".join(name for name, cls in DEGRADATIONS.items() if cls.inpaints)
         if what in GAUSSIAN_ONLY:
-            raise ValueError(f"{what} needs a Gaussian run (edm, vp, ...); {self.name} is a cold {kind} run, which "
-                             "only restores: use img2img (--strength), or inpaint with a mask run")
-        if what in ("inpaint", "outpaint") and kind != "mask":
-            raise ValueError(f"{what}ing needs a Gaussian run or a cold mask run; {self.name} is a cold {kind} run: "
-                             f"its restorer only undoes {kind}")
+            raise ValueError(f"{what} needs a Gaussian run ({gaussian}); {self.name} is a cold {kind} run, which "
+                             f"only restores: use img2img (--strength), or inpaint with a {masking} run")
+        if what in ("inpaint", "outpaint") and not process.inpaints:
+            raise ValueError(f"{what}ing needs a Gaussian run or a cold {masking} run; {self.name} is a cold {kind} "
+                             f"run: its restorer only undoes {kind}")
 
     def _check_images(self, images: Tensor) -> Tensor:
         shape = tuple(self.image_shape)
@@ -140,7 +144,7 @@ class Editing:
         reqs = ctx.requests(int(n))
         if isinstance(batch, bool) or int(batch) != batch or batch < 1:
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
-        cold = bool(getattr(self.process, "restores", False))
+        cold = self.process.restores  # img2img as degrade-then-restore, inpainting by the restorer
         label = ("cold-mask" if cold else method) if mask is not None else "img2img"
         extra = {"jump_length": int(jump_length), "jump_n": int(jump_n)} if label == "repaint" else {}
         items = [(i, j) for i in range(len(images)) for j in range(len(reqs))]  # output j of image i: seed + j

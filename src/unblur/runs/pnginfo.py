@@ -19,14 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..sampling import a1111_name
 
 CHUNK = "unblur"  # the JSON chunk's keyword
 PARAMETERS = "parameters"  # AUTOMATIC1111's keyword
-
-# unblur's sampler names as AUTOMATIC1111 writes them (the reverse of sampling.SAMPLER_ALIASES,
-# which reads them); a name it has no sampler for is written as unblur's own.
-A1111_SAMPLERS = {"euler": "Euler", "euler-ancestral": "Euler a", "heun": "Heun", "ddim": "DDIM",
-                  "dpmpp-2m": "DPM++ 2M", "dpmpp-2m-sde": "DPM++ 2M SDE"}
 
 
 def settings_of(run, record: dict[str, Any], *, kind: str = "generate", size: tuple[int, int] | None = None,
@@ -56,7 +52,7 @@ def parameters_text(s: dict[str, Any]) -> str:
     if s.get("steps") is not None:
         fields.append(("Steps", s["steps"]))
     if s.get("sampler"):
-        fields.append(("Sampler", A1111_SAMPLERS.get(s["sampler"], s["sampler"])))
+        fields.append(("Sampler", a1111_name(s["sampler"])))  # AUTOMATIC1111's name, else ours
     if s.get("grid"):
         fields.append(("Schedule type", str(s["grid"]).capitalize()))
     if s.get("guidance") is not None:

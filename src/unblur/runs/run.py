@@ -22,10 +22,11 @@ from ..config import Config
 from ..editing.tiles import any_size, tiled
 from ..guidance import cfg as guide
 from ..guidance import clip_x0
+from ..kinds import build_net, kind_of
 from ..sampling import generate, resolve_sampler
 from ..types import Callback, Cond, DataInfo, Denoiser, Generator, Process
 from ..utils import resolve_device, seeded_generators
-from .build import build_denoiser, build_net, build_process, downsampling, sampling_grid
+from .build import build_denoiser, build_process, downsampling, sampling_grid
 from .checkpoint import MODEL_FILE, load_model
 from .edits import Editing
 
@@ -106,13 +107,9 @@ class Run(Editing):
         if not path.exists():
             raise ValueError(f"run {str(path)!r} does not exist: give a folder written by `unblur train --out`")
         state, cfg, info = load_model(path / MODEL_FILE if path.is_dir() else path)
-        if cfg.model.kind == "autoencoder":
-            raise ValueError(autoencoder_refusal(path, cfg, info))
-        if cfg.model.kind == "clip":
-            raise ValueError(f"{str(path)!r} is a contrastive encoder run (images and captions -> "
-                             f"{cfg.clip.embed_dim}-wide embeddings): it does not sample; a prior (--model prior "
-                             f"--clip {str(path)!r}) and a decoder (--clip {str(path)!r}) are trained with it, and "
-                             "`unblur eval --clip` scores images with it")
+        kind = kind_of(cfg)
+        if not kind.samples:  # an autoencoder, an encoder: the kind says what it is for
+            raise ValueError(kind.refusal(path, cfg, info))
         dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         net = build_net(cfg, info)
         net.load_state_dict(state)
@@ -275,7 +272,7 @@ class Run(Editing):
     def check_restorable(self, shape: Sequence[int], *, what: str = "the image") -> None:
         """Refuse to restore an image of shape (C, H, W) whose channels differ from the run's, in
         words that say which restorer would fit. Any H and W are fine (see ``restore``)."""
-        if not getattr(self.process, "restores", False):
+        if not self.process.restores:
             raise ValueError(f"{self.name} was trained with the Gaussian process {self.process.kind!r}; restoring "
                              "needs a cold-diffusion run (unblur train --process blur, ...)")
         C, c = self.image_shape[0], int(shape[0])
@@ -330,15 +327,6 @@ class Run(Editing):
 
 
 TILE_FACTOR = 4  # restore: images up to this many times the training size (per side) are run whole
-
-
-def autoencoder_refusal(path: Path, cfg: Config, info: DataInfo) -> str:
-    """Why an autoencoder run cannot be sampled, evaluated, edited or restored, and what it is for."""
-    C, H, W = info.shape
-    f, c = cfg.autoencoder.downsampling, cfg.autoencoder.latent_channels
-    return (f"{str(path)!r} is an autoencoder run ({C}x{H}x{W} images <-> {c}x{H // f}x{W // f} latents, "
-            f"downsampling {f}): it encodes and decodes images, it does not sample, evaluate, edit or restore; a "
-            f"latent diffusion run uses it with --latent {str(path)!r} (`unblur info {str(path)!r}` describes it)")
 
 
 def _channels(c: int) -> tuple[str, str]:

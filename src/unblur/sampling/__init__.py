@@ -1,16 +1,30 @@
-"""Samplers registered by name, and ``generate``: grid + prior + sampler in one call."""
+"""Samplers registered by name, and ``generate``: grid + prior + sampler in one call.
+
+To add a sampler: its function in ``samplers.py`` (the shared signature, its paper's equation in
+the docstring) and one ``register_sampler`` line below; its name in ``config.SAMPLERS`` (a test
+keeps them equal). The contract tests in ``tests/test_samplers.py`` run over ``SAMPLERS``.
+"""
 
 from __future__ import annotations
-
-import difflib
-import re
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from ..processes.cold import COLD_SAMPLERS
 from ..types import Callback, Cond, Denoiser, Generator, Process
-from .cold import COLD_SAMPLERS, sample_cold, sample_cold_naive
+from .cold import sample_cold, sample_cold_naive
+from .registry import (
+    SAMPLERS,
+    Sampler,
+    a1111_name,
+    get_sampler,
+    nfe,
+    register_sampler,
+    resolve_sampler,
+    sampler_aliases,
+    sampler_error,
+    sampler_help,
+)
 from .samplers import (
     check_grid,
     sample_ddim,
@@ -23,89 +37,26 @@ from .samplers import (
     sample_pc_langevin,
 )
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "euler": sample_euler,
-    "euler-ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpmpp-2m": sample_dpmpp_2m,
-    "dpmpp-2m-sde": sample_dpmpp_2m_sde,
-    "pc-langevin": sample_pc_langevin,
-    "cold": sample_cold,  # cold processes only (Bansal et al. Algorithm 2)
-    "cold-naive": sample_cold_naive,  # cold processes only (Bansal et al. Algorithm 1)
-}
-
-
-# The names AUTOMATIC1111's web UI and ComfyUI give the samplers (matched case-insensitively,
-# runs of spaces as one): name -> (sampler, grid or None). A "Karras" name also asks for the
-# Karras grid.
-SAMPLER_ALIASES: dict[str, tuple[str, str | None]] = {
-    "euler a": ("euler-ancestral", None),  # AUTOMATIC1111
-    "dpm++ 2m": ("dpmpp-2m", None),
-    "dpm++ 2m karras": ("dpmpp-2m", "karras"),
-    "dpm++ 2m sde": ("dpmpp-2m-sde", None),
-    "dpm++ 2m sde karras": ("dpmpp-2m-sde", "karras"),
-    "euler_ancestral": ("euler-ancestral", None),  # ComfyUI
-    "dpmpp_2m": ("dpmpp-2m", None),
-    "dpmpp_2m_sde": ("dpmpp-2m-sde", None),
-}
-
-
-def _squash(name: str) -> str:
-    """A name with case, spaces, dashes and underscores gone and "++" read as "pp": the key near misses share."""
-    return re.sub(r"[\s_-]+", "", name.lower().replace("++", "pp"))
-
-
-def sampler_error(name: str) -> ValueError:
-    """An unknown sampler name: the one it nearly spells (ignoring case, spaces, dashes and
-    underscores, "++" as "pp"), else the closest by spelling, and every accepted name."""
-    def offer(key: str) -> str:  # the sampler an alias names, or the alias itself where it picks a grid too
-        sampler, grid = SAMPLER_ALIASES.get(key, (key, None))
-        return key if grid else sampler
-
-    by_squash = {_squash(k): offer(k) for k in [*SAMPLERS, *SAMPLER_ALIASES]}
-    near = by_squash.get(_squash(name))
-    if near is None:  # "euler ancestal": the closest spelling, the "a" / SDE variants kept apart from their namesakes
-        close = difflib.get_close_matches(name.lower(), [*SAMPLERS, *SAMPLER_ALIASES], n=1, cutoff=0.75)
-        near = offer(close[0]) if close else None
-    hint = f" (did you mean {near!r}?)" if near else ""
-    aliases = ", ".join(f"{k!r}" for k in SAMPLER_ALIASES)
-    return ValueError(f"unknown sampler {name!r}{hint}; accepted: {', '.join(SAMPLERS)}, and the web UIs' names "
-                      f"{aliases} (any case; 'DPM++ 2M Karras' and 'DPM++ 2M SDE Karras' also pick the karras grid)")
-
-
-def resolve_sampler(name: str) -> tuple[str, str | None]:
-    """(sampler, grid or None) for a sampler name or a web UI's alias ("Euler a", "DPM++ 2M Karras").
-
-    The grid is that of a "Karras" alias and None otherwise; an unknown name is a ValueError
-    with the nearest accepted one and the list.
-    """
-    key = " ".join(str(name).lower().split())
-    if key in SAMPLERS:
-        return key, None
-    if key in SAMPLER_ALIASES:
-        return SAMPLER_ALIASES[key]
-    raise sampler_error(name)
-
-
-def get_sampler(name: str) -> Callable[..., Tensor]:
-    """The sampler registered under ``name`` (ValueError listing the names otherwise; an alias
-    is resolved by ``resolve_sampler`` first)."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise sampler_error(name) from None
-
-
-def nfe(name: str, steps: int, **options) -> int:
-    """Denoiser evaluations a sampler makes over ``steps`` steps (the cost axis of sweeps)."""
-    get_sampler(name)
-    if name == "heun":
-        return 2 * steps - 1
-    if name == "pc-langevin":
-        return steps * (1 + int(options.get("corrector_steps", 1)))
-    return steps
+# name, function, help; whether it draws noise (or the options that make it); its web UIs' names; its cost.
+register_sampler(Sampler("ddpm", sample_ddpm, "ancestral, Ho et al. 2020 Algorithm 2", stochastic=True,
+                         comfyui="ddpm"))
+register_sampler(Sampler("ddim", sample_ddim, "Song et al. 2021, eta=0 deterministic",
+                         noise_options={"eta": 1.0}, a1111="DDIM", comfyui="ddim"))
+register_sampler(Sampler("euler", sample_euler, "probability-flow ODE, Karras et al. 2022",
+                         noise_options={"churn": 10.0}, a1111="Euler", comfyui="euler"))
+register_sampler(Sampler("euler-ancestral", sample_euler_ancestral, "Euler with fresh noise each step",
+                         stochastic=True, a1111="Euler a", comfyui="euler_ancestral"))
+register_sampler(Sampler("heun", sample_heun, "2nd order, Karras et al. 2022 Algorithm 2",
+                         noise_options={"churn": 10.0}, a1111="Heun", comfyui="heun",
+                         evals=lambda steps, **options: 2 * int(steps) - 1))  # 1 NFE on the last step
+register_sampler(Sampler("dpmpp-2m", sample_dpmpp_2m, "DPM-Solver++(2M), Lu et al. 2022",
+                         a1111="DPM++ 2M", comfyui="dpmpp_2m"))
+register_sampler(Sampler("dpmpp-2m-sde", sample_dpmpp_2m_sde, "SDE-DPM-Solver++(2M), Lu et al. 2022",
+                         stochastic=True, a1111="DPM++ 2M SDE", comfyui="dpmpp_2m_sde"))
+register_sampler(Sampler("pc-langevin", sample_pc_langevin, "predictor-corrector, Song et al. 2021", stochastic=True,
+                         evals=lambda steps, corrector_steps=1, **options: int(steps) * (1 + int(corrector_steps))))
+register_sampler(Sampler("cold", sample_cold, "cold processes: Bansal et al. 2022 Algorithm 2"))
+register_sampler(Sampler("cold-naive", sample_cold_naive, "cold processes: Bansal et al. 2022 Algorithm 1"))
 
 
 def generate(
@@ -145,11 +96,13 @@ def generate(
 __all__ = [
     "COLD_SAMPLERS",
     "SAMPLERS",
-    "SAMPLER_ALIASES",
+    "Sampler",
+    "a1111_name",
     "check_grid",
     "generate",
     "get_sampler",
     "nfe",
+    "register_sampler",
     "resolve_sampler",
     "sample_cold",
     "sample_cold_naive",
@@ -161,4 +114,7 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_heun",
     "sample_pc_langevin",
+    "sampler_aliases",
+    "sampler_error",
+    "sampler_help",
 ]

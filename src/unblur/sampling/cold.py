@@ -18,19 +18,19 @@ import math
 import torch
 from torch import Tensor
 
+from ..processes.cold import COLD_SAMPLERS as COLD_SAMPLERS  # the names below (re-exported)
 from ..processes.cold import ColdProcess
 from ..types import Callback, Cond, Denoiser, Generator, StepInfo
 from ..utils import mean_flat
 from .samplers import check_grid
 
-COLD_SAMPLERS = ("cold", "cold-naive")  # = ColdProcess.samplers
-
 
 def _walk(restorer: Denoiser, x: Tensor, grid: Tensor, process: ColdProcess, cond: Cond, generator: Generator,
           callback: Callback | None, improved: bool) -> Tensor:
-    if not hasattr(process, "degrade"):
-        raise ValueError(f"the cold samplers need a cold process (blur, mask, ...), got {process!r}: "
-                         "use a Gaussian sampler such as dpmpp-2m")
+    name = "cold" if improved else "cold-naive"
+    if name not in process.samplers:
+        raise ValueError(f"the {name} sampler does not apply to the {process.kind} process; use one of: "
+                         f"{', '.join(process.samplers)}")
     g = check_grid(grid)
     if float(g[0]) > 1:
         raise ValueError(f"cold levels lie in [0, 1]; the grid starts at {float(g[0])}")
@@ -69,7 +69,7 @@ def sample_cold_naive(restorer: Denoiser, x: Tensor, grid: Tensor, *, process: C
     return _walk(restorer, x, grid, process, cond, generator, callback, improved=False)
 
 
-COLD_SAMPLER_FNS = {"cold": sample_cold, "cold-naive": sample_cold_naive}
+COLD_SAMPLER_FNS = {"cold": sample_cold, "cold-naive": sample_cold_naive}  # by COLD_SAMPLERS (a test keeps them so)
 
 
 def level_grid(level: float, steps: int) -> Tensor:
@@ -89,8 +89,9 @@ def generate_cold(restorer: Denoiser, shape: tuple[int, ...], *, process: ColdPr
         from ..utils import choice_error
 
         raise choice_error("sampler for a cold process", sampler, COLD_SAMPLER_FNS)
-    if not hasattr(process, "degrade"):
-        raise ValueError(f"the {sampler} sampler needs a cold process (blur, mask, ...), got {process!r}")
+    if sampler not in process.samplers:
+        raise ValueError(f"the {sampler} sampler does not apply to the {process.kind} process; use one of: "
+                         f"{', '.join(process.samplers)}")
     x = process.start(shape, generator, device=device, dtype=dtype, start_noise=start_noise)
     return COLD_SAMPLER_FNS[sampler](restorer, x, level_grid(1.0, steps), process=process, cond=cond,
                                      generator=generator, callback=callback)

@@ -53,6 +53,10 @@ class Degradation:
             walk) for degradations smooth in t, ``one-shot`` (R(x_t, t)) where re-degrading
             adds artefacts of its own (jpeg: the walk adds the difference of two JPEG
             encodings at every step, -3 dB at t = 0.7 on the digits, where one-shot gains +3 dB).
+        inpaints: it masks pixels (``mask(t, size, device)`` the masked fraction at level t,
+            ``fill`` their value), so its restorer fills a user's mask (``editing.cold_inpaint``).
+        partner_data: the ``ProcessConfig`` key naming a second data set whose images it mixes
+            in (blend), read by the caller and passed as ``others``; None: it needs none.
     """
 
     name: ClassVar[str] = ""
@@ -63,6 +67,8 @@ class Degradation:
     level_estimable: ClassVar[bool] = True
     prediction: ClassVar[str] = "residual"
     restore_sampler: ClassVar[str] = "cold"
+    inpaints: ClassVar[bool] = False
+    partner_data: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         self.check()

@@ -25,6 +25,7 @@ class Blend(Degradation):
     layer_linear = True
     can_generate = True
     level_estimable = False
+    partner_data = "blend_data"
 
     data: str | None = None  # where ``others`` come from (folder | FILE.npy | builtin:NAME)
     others: Tensor | None = dataclasses.field(default=None, repr=False, compare=False)  # (N2, C, H, W)

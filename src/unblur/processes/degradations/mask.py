@@ -31,6 +31,7 @@ class Mask(Degradation):
     options = {"pattern": "mask_kind", "fill": "mask_fill", "patch": "mask_patch", "fade_width": "fade_width",
                "seed": "cold_seed"}
     can_generate = True
+    inpaints = True  # ``mask`` and ``fill`` describe any mask, so a user's one is filled (``editing.cold``)
 
     pattern: str = "centre"  # centre | patches | fade
     fill: float = 0.0  # value of masked pixels, in the data range [-1, 1]

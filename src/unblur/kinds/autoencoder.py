@@ -1,5 +1,11 @@
-"""What the trainer does differently for ``model.kind = autoencoder``: the loss, the discriminator,
-the held-out split and its metrics, the latent scale and the input | reconstruction grids.
+"""``model.kind = autoencoder``: Stable Diffusion's KL autoencoder (``nets.autoencoder_kl``),
+trained on images alone: the loss, the discriminator, the held-out split and its metrics, the
+latent scale written into the export, and the input | reconstruction grids. Its folder opens
+as ``pipelines.load_autoencoder``'s object; latent runs name it with ``--latent``.
+
+Defaults: batches of 16 (``benchmarks/latent.py``'s autoencoder, 1222 steps in 10 minutes on
+2 cores, 35.6 dB held out on 64x64 shapes; the global batch of 128 gives 39 steps in 5 minutes
+and 20.3 dB).
 
 The loss is Rombach et al.'s (2022, app. G; ``LPIPSWithDiscriminator`` of the latent-diffusion
 code) with the perceptual network replaced by terms that need no download:
@@ -22,19 +28,28 @@ AdamW at the trainer's learning rate, and the generator's term is weighted by
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..config import AutoencoderConfig, Config
-from ..images import grid_scale, make_grid
+from ..data import Data, augment
+from ..images import grid_scale, make_grid, save_png
 from ..nets.autoencoder_kl import AutoencoderKL
 from ..nets.patchgan import PatchDiscriminator
 from ..objectives import hinge_d_loss, hinge_g_loss, kl_normal, perceptual_loss
-from ..pipelines.autoencoder import latent_scale
-from ..utils import mean_flat, randn
+from ..pipelines.autoencoder import AUTOENCODER_KEY, LATENT_SHAPE_KEY, build_autoencoder, latent_scale
+from ..quality import psnr, ssim
+from ..types import DataInfo
+from ..utils import mean_flat, randn, read_jsonl
+from .base import ModelKind, PrepareContext, Prepared, TaskContext, register
+from .build import data_info_of
 
 SCALE_IMAGES = 2048  # training images the latent scale is measured on (the first of the training split)
 EVAL_BATCH = 64
@@ -128,7 +143,7 @@ class AutoencoderTraining:
             self.disc.requires_grad_(True)
             self.disc_run = DDP(self.disc, device_ids=[device.index] if device.type == "cuda" else None)
             self.disc.requires_grad_(False)
-        self.loss = AutoencoderLoss(net, a, self.disc)
+        self.loss_module = AutoencoderLoss(net, a, self.disc)
 
     def adversarial(self, step: int) -> bool:
         """Whether the discriminator takes part in step ``step`` (0-based): from ``disc_start`` on."""
@@ -177,8 +192,6 @@ class AutoencoderTraining:
 
     def heldout_metrics(self, model: AutoencoderKL, x: Tensor) -> dict[str, float]:
         """Mean reconstruction PSNR (dB) and SSIM of the held-out images x (empty without scikit-image)."""
-        from ..eval.restoration import psnr, ssim
-
         x_hat = self.reconstruct(model, x)
         try:
             out = {"heldout_psnr": float(psnr(x_hat, x).mean())}
@@ -193,7 +206,7 @@ class AutoencoderTraining:
         training images (deterministic: the same weights give the same factor)."""
         return latent_scale(model, x_train[:SCALE_IMAGES], batch=EVAL_BATCH)
 
-    def grid(self, model: AutoencoderKL, x_held: Tensor, x_train: Tensor, n: int):
+    def picture(self, model: AutoencoderKL, x_held: Tensor, x_train: Tensor, n: int):
         """A picture of ``n`` held-out images (training ones after those), each with its
         reconstruction on its right (input | reconstruction), the pairs in a grid."""
         x = torch.cat([x_held[:n], x_train[: max(0, n - len(x_held))]])
@@ -220,3 +233,129 @@ def describe_autoencoder(net: AutoencoderKL, ae: AutoencoderTraining, cfg: Autoe
             f"resnet(s) per level{mid}, downsampling {net.downsampling} -> {lat} latents ({how}); "
             f"{count_parameters(net) / 1e6:.2f} M parameters; loss {' + '.join(terms)}; "
             f"{len(ae.held_idx)} images held out for PSNR/SSIM")
+
+
+@register
+class AutoencoderKind(ModelKind):
+    name = "autoencoder"
+    config_names = ("autoencoder",)
+    help = "Stable Diffusion's KL autoencoder, for latent runs (--latent RUN)"
+    sizes_section = "autoencoder"
+    defaults: ClassVar[dict[str, Any]] = {"train.batch_size": 16}
+
+    def check(self, cfg: Config) -> None:
+        """An autoencoder has no forward process and no conditioning: say so rather than ignore them."""
+        c = cfg.cond
+        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
+                                ("cond.image", c.image != "none"), ("cond.clip", bool(c.clip))) if on]
+        if used:
+            raise ValueError(f"model.kind=autoencoder takes no conditioning, but {', '.join(used)} asks for it: "
+                             "drop it (an autoencoder encodes and decodes the images alone)")
+        if cfg.process.kind != "edm":
+            raise ValueError(f"process.kind={cfg.process.kind} does not apply to model.kind=autoencoder (an "
+                             "autoencoder has no forward process): drop --process")
+        if cfg.data.latent:
+            raise ValueError("an autoencoder is trained on pixels: drop --latent (data.latent) from --model "
+                             "autoencoder")
+
+    def prepare(self, cfg: Config, data: Data, ctx: PrepareContext) -> Prepared:
+        if data.kind != "image":
+            raise ValueError(f"model.kind=autoencoder needs image data, but {cfg.data.source!r} holds vectors")
+        return Prepared(cfg, data, data_info_of(data))
+
+    def build_net(self, cfg: Config, info: DataInfo) -> nn.Module:
+        if info.kind != "image":
+            raise ValueError(f"model.kind=autoencoder needs image data, but {info.source!r} holds vectors")
+        return build_autoencoder(cfg, info.shape)
+
+    def task(self, ctx: TaskContext) -> AutoencoderTask:
+        return AutoencoderTask(ctx)
+
+    def refusal(self, path: Path, cfg: Config, info: DataInfo) -> str:
+        C, H, W = info.shape
+        f, c = cfg.autoencoder.downsampling, cfg.autoencoder.latent_channels
+        return (f"{str(path)!r} is an autoencoder run ({C}x{H}x{W} images <-> {c}x{H // f}x{W // f} latents, "
+                f"downsampling {f}): it encodes and decodes images, it does not sample, evaluate, edit or restore; a "
+                f"latent diffusion run uses it with --latent {str(path)!r} (`unblur info {str(path)!r}` describes it)")
+
+    def open(self, path: str | Path, *, device: str | torch.device = "cpu"):
+        from ..pipelines import load_autoencoder
+
+        return load_autoencoder(path, device=device)
+
+    def describe_folder(self, path: Path, cfg: Config, info: DataInfo) -> list[str]:
+        """``unblur info``: factor, latent shape, scale factor, held-out PSNR/SSIM (the steps and the
+        config follow, as for every kind)."""
+        from ..nets import count_parameters
+
+        ae = self.open(path, device="cpu")
+        folder = Path(ae.path)
+        C, H, W = info.shape
+        c, h, w = ae.latent_shape(H, W)
+        net = ae.model.config
+        held = [r for r in read_jsonl(folder / "metrics.jsonl") if "heldout_psnr" in r]
+        lines = [
+            f"run:        {path}",
+            f"kind:       autoencoder (KL), downsampling {ae.downsampling}: {C}x{H}x{W} images <-> {c}x{h}x{w} "
+            f"latents ({C * H * W / (c * h * w):.3g}x fewer values)",
+            f"data:       {info.source} ({info.num_items} images)",
+            f"network:    AutoencoderKL, widths {','.join(map(str, net.block_out_channels))}, "
+            f"{count_parameters(ae.model, trainable_only=False):,} parameters, middle attention "
+            f"{'on' if net.mid_block_add_attention else 'off'}",
+            f"latents:    scaling_factor {ae.scaling_factor:.6g} (1 / std of the latent means on the training "
+            f"images), shift_factor {ae.shift_factor:g}"]
+        if held:
+            last = held[-1]
+            ssim_ = f", SSIM {last['heldout_ssim']:.4f}" if "heldout_ssim" in last else ""
+            n_held = len(holdout_split(info.num_items, cfg.autoencoder.holdout, cfg.train.seed)[1])
+            lines.append(f"held out:   {n_held} images ({cfg.autoencoder.holdout:.0%}): reconstruction PSNR "
+                         f"{last['heldout_psnr']:.2f} dB{ssim_} (step {last['step']})")
+        lines += [f"weights:    sha256 {ae.sha256}",
+                  f"use:        a latent diffusion run takes it with --latent {str(path)!r}; in Python, "
+                  "unblur.pipelines.load_autoencoder opens it"]
+        return lines
+
+
+class AutoencoderTask(AutoencoderTraining):
+    """The autoencoder's training task: reconstruct a draw from q(z | x0), no process, no condition."""
+
+    def __init__(self, ctx: TaskContext):
+        data = ctx.prepared.data
+        super().__init__(ctx.cfg, ctx.net, data.x, device=ctx.device, autocast=ctx.autocast, world=ctx.world)
+        self.ctx, self.run_cfg = ctx, ctx.cfg
+        x = data.x.to(ctx.device)
+        self.x_held = x[self.held_idx.to(ctx.device)]
+        self.x_train = x[self.train_idx.to(ctx.device)]
+        self._pairs: list[tuple[Tensor, Tensor]] = []  # the step's (real, reconstructed) micro-batches
+
+    def loss(self, module: nn.Module, x0: Tensor, idx: Tensor, generator: torch.Generator, *,  # type: ignore[override]
+             step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        d = self.run_cfg.data
+        x0, _ = augment(x0, None, generator, hflip=d.hflip, shift=d.shift)
+        x0 = self.ctx.layout(x0)
+        with self.ctx.autocast():
+            per_image, x_hat, terms = module(x0, generator, adversarial=self.adversarial(step))
+        self._pairs.append((x0, x_hat))
+        return per_image, terms
+
+    def after_step(self, *, step: int, lr: float, grad_clip: float) -> dict[str, float]:
+        pairs, self._pairs = self._pairs, []
+        return self.discriminator_step(pairs, lr, grad_clip) if self.adversarial(step) else {}
+
+    def export(self, ema: nn.Module, *, step: int, evaluate: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        """Its diffusers config with the latent scale measured now on the training images, and the
+        latent shape; the held-out PSNR and SSIM when ``evaluate``."""
+        scale = self.measure_scale(ema, self.x_train)
+        config = replace(ema.config, scaling_factor=float(f"{scale:.6g}"))
+        ema.config = self.ctx.net.config = config  # the modules say what the export says
+        metrics = {**self.heldout_metrics(ema, self.x_held), "scaling_factor": config.scaling_factor,
+                   "latent_shape": list(self.latent_shape)} if evaluate else {}
+        return {AUTOENCODER_KEY: json.dumps(config.to_dict()), LATENT_SHAPE_KEY: json.dumps(list(self.latent_shape))}, \
+            metrics
+
+    def grid(self, ema: nn.Module, path: Path, *, step: int, log: Callable[[dict], None]) -> Path | None:
+        save_png(self.picture(ema, self.x_held, self.x_train, self.run_cfg.sample.grid_n), path)
+        return path
+
+    def describe(self, how: str) -> str:
+        return describe_autoencoder(self.ctx.net, self, self.run_cfg.autoencoder, how)
