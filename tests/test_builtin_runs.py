@@ -41,6 +41,7 @@ def test_the_shipped_figures_are_good():
     assert f["psnr_restored_t07"] > f["psnr_blurred_t07"] + 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["digits", "blur"])
 def test_the_script_reproduces_the_short_schedule(name, tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), name, "--short", "--work", str(tmp_path)], check=True,

@@ -8,8 +8,7 @@ import os
 import sys
 
 from ..config import Config
-from ..processes import GRIDS
-from ..sampling import sampler_help
+from ..runs.catalog import GRIDS, sampler_help
 
 SAMPLER_HELP = sampler_help() + " (default: the run's)"  # from the sampler registry
 GRID_HELP = (" | ".join(GRIDS) + " (default: the run's sample.grid; auto is trailing for a DDPM model, karras "
@@ -97,7 +96,6 @@ def resolve_config(args) -> tuple[Config, set[str]]:
     a bad one."""
     from ..config import apply_overrides, load_toml, parse_set
     from ..kinds import resolve
-    from ..processes.cold import check_process_config
 
     toml = load_toml(args.config) if args.config else {}
     explicit = {f"{sec}.{k}" for sec, v in toml.items() if isinstance(v, dict) for k in v}
@@ -127,7 +125,6 @@ def resolve_config(args) -> tuple[Config, set[str]]:
     cfg = apply_overrides(Config(), {**toml, **over})  # one resolve: the command line wins over the file
     given = explicit | set(over)
     cfg = resolve(cfg, given)  # the model kind's defaults where the user gave nothing, and its checks
-    check_process_config(cfg.process)
     return cfg, given
 
 

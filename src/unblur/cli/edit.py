@@ -110,8 +110,8 @@ def _mask_for(args, rel: Path, size: tuple[int, int], orig: tuple[int, int]):
     """The mask (1, 1, H, W) of one input at the run's size, or None."""
     import torch.nn.functional as F
 
-    from ..editing import box_mask, check_mask, parse_box, read_mask
     from ..images import IMAGE_EXTENSIONS
+    from ..runs.edits import box_mask, check_mask, parse_box, read_mask
 
     if args.mask_box:
         return check_mask(box_mask(parse_box(args.mask_box), size), name="--mask-box")
@@ -134,9 +134,9 @@ def run_edit(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ..editing import METHODS, parse_extend
     from ..images import list_images, make_grid, save_png, write_image
     from ..runs import Run
+    from ..runs.edits import METHODS, parse_extend
     from ..utils import atomic_write_bytes, choice_error
 
     mode = _mode(args)
@@ -167,7 +167,7 @@ def run_edit(args) -> int:
         jobs.append((rel, f, x, _mask_for(args, rel, size, orig) if mode == "mask" else None))
     other = _read(Path(args.interpolate), run, "--interpolate")[0] if mode == "interpolate" else None
     if extend is not None:
-        from ..editing import extend_canvas
+        from ..runs.edits import extend_canvas
 
         extend_canvas(jobs[0][2], extend, model_size=size)  # the limit, before any work
     run.plan(args.sampler or ("ddpm" if args.method == "repaint" else None), args.steps, args.grid)

@@ -71,8 +71,7 @@ def _common_eval_args(p: argparse.ArgumentParser) -> None:
 
 def load_real(args, run):
     """The real data for a report: --data (default: the run's own data), checked against the model."""
-    from ..data import load_data
-    from ..data import load_training_data
+    from ..runs.catalog import load_data, load_training_data
 
     cfg, info = run.config, run.data
     toy = info.kind == "vector" and str(args.data or cfg.data.source).startswith("builtin:toy2d")
@@ -152,10 +151,10 @@ def run_prompt_eval(args, run, plan) -> int:
     import torch
 
     from ..eval.prompts import prompt_report, summarize_prompts
-    from ..pipelines.unclip import load_clip
+    from ..kinds import MODEL_KINDS
     from ..runs import Run
+    from ..runs.catalog import check_prompts
     from ..runs.unclip import Unclip
-    from ..text.encoders import check_prompts
     from .sample import read_prompts
 
     prompts = check_prompts(read_prompts(args))
@@ -170,7 +169,7 @@ def run_prompt_eval(args, run, plan) -> int:
         z, labels = chain.from_prompts(prompts, n, guidance=args.prior_guidance, seed=args.seed)
         stream = run.sample(1, embeddings=z, embedding_labels=labels, guidance=args.guidance, sampler=plan.sampler,
                             steps=plan.steps, grid=plan.grid, seed=args.seed, batch=args.batch)
-        clip = load_clip(args.clip, device=run.device) if args.clip else chain.clip
+        clip = MODEL_KINDS["clip"].open(args.clip, device=run.device) if args.clip else chain.clip
     else:
         if not args.clip:
             raise ValueError("--clip ENCODER names the contrastive encoder run (unblur train --model clip) that "
@@ -179,7 +178,7 @@ def run_prompt_eval(args, run, plan) -> int:
             raise ValueError(f"--prior applies to an unCLIP decoder (trained with --clip), and {run.name} is not one")
         stream = run.sample(n, prompts=prompts, guidance=args.guidance, sampler=plan.sampler, steps=plan.steps,
                             grid=plan.grid, seed=args.seed, batch=args.batch)
-        clip = load_clip(args.clip, device=run.device)
+        clip = MODEL_KINDS["clip"].open(args.clip, device=run.device)
     C, H, W = clip.image_shape
     if tuple(run.image_shape) != (C, H, W):
         made = "x".join(map(str, run.image_shape))
@@ -264,7 +263,7 @@ def run_sweep(args) -> int:
 def _sweep_sampler(run, name: str, grid: str) -> str:
     """A sampler of the sweep by its canonical name; an unknown sampler, one that does not apply to
     the run, or a "Karras" alias on a sweep over another grid fails before any work."""
-    from ..sampling import resolve_sampler
+    from ..runs.catalog import resolve_sampler
 
     plan = run.plan(name)
     if resolve_sampler(name)[1] not in (None, grid):  # a "Karras" alias asks for a grid of its own

@@ -14,8 +14,7 @@ from .common import DEVICE_HELP, add_config_args, add_threads_arg, apply_threads
 
 
 def add_parser(sub) -> None:
-    from ..processes import DEGRADATIONS
-    from ..processes.cold import COLD_SAMPLERS
+    from ..runs.catalog import COLD_SAMPLERS, DEGRADATIONS
 
     by_default = {c.restore_sampler: [n for n, d in DEGRADATIONS.items() if d.restore_sampler == c.restore_sampler]
                   for c in DEGRADATIONS.values()}  # restore sampler -> the degradations restored with it by default
@@ -75,8 +74,8 @@ def run_degrade(args) -> int:
     from tqdm import tqdm
 
     from ..images import list_images, read_image, write_image
-    from ..processes.cold import COLD_PROCESSES
     from ..runs import build_process
+    from ..runs.catalog import COLD_PROCESSES
     from ..runs.lock import acquire
     from ..types import DataInfo
     from ..utils import choice_error
@@ -210,7 +209,7 @@ def _reference(ref_root: Path, rel: Path, shape: tuple[int, int, int]):
 
 def _compare(x_in, x_hat, ref) -> dict:
     """PSNR (and SSIM for images of at least 3x3) of the restored and the degraded image against the clean one."""
-    from ..quality import psnr, ssim
+    from ..eval.restoration import psnr, ssim
 
     rec = {"psnr": float(psnr(x_hat[None], ref[None])[0]), "psnr_input": float(psnr(x_in[None], ref[None])[0])}
     if min(ref.shape[-2:]) >= 3:

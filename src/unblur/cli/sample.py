@@ -171,10 +171,10 @@ def run_sample(args) -> int:
     from tqdm import tqdm
 
     from ..runs import Run
+    from ..runs.catalog import nfe
     from ..runs.outputs import SampleFolder
     from ..runs.pnginfo import settings_of, text_chunks
     from ..runs.unclip import chain_fields
-    from ..sampling import nfe
 
     if getattr(args, "from_png", None):
         return from_png(args)

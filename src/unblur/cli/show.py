@@ -85,7 +85,7 @@ def run_show(args) -> int:
     if run.data.kind != "vector" or tuple(run.data.shape) != (2,):
         raise ValueError(f"show toy needs a model of 2-D points; this run makes {run.data.kind} data of shape "
                          f"{tuple(run.data.shape)}")
-    from ..data import load_data
+    from ..runs.catalog import load_data
 
     data = load_data(args.data or run.config.data.source, n=args.points, seed=args.seed)
     infos, samples = show.record_trajectory(run, plan, n=args.points, seed=args.seed)
@@ -101,7 +101,7 @@ def run_show(args) -> int:
 def _forward(args) -> int:
     """The forward strip of a run's own process (Gaussian or cold) or of a named one."""
     from .. import show
-    from ..data import load_data
+    from ..runs.catalog import load_data
     from ..utils import resolve_device
 
     device = resolve_device(args.device)
@@ -119,7 +119,7 @@ def _forward(args) -> int:
     if args.levels < 2:
         raise ValueError(f"--levels must be >= 2, got {args.levels}")
     if args.run and not args.data and args.size is None:
-        from ..data import load_training_data
+        from ..runs.catalog import load_training_data
 
         data = load_training_data(run.config)  # the run's own data, as it was trained
     else:
@@ -150,8 +150,8 @@ def _edit(args, run) -> int:
     """The edit strip of up to --n images of --input (inpainting with --mask/--mask-box,
     outpainting with --extend, img2img otherwise) and a GIF of the x0_hat estimates."""
     from .. import show
-    from ..editing import parse_extend
     from ..images import list_images, make_grid
+    from ..runs.edits import parse_extend
     from ..types import StepInfo
     from .edit import _mask_for, _read, strength_arg
 
@@ -182,7 +182,7 @@ def _edit(args, run) -> int:
     kw = dict(classes=args.class_ or [], prompts=args.prompt or [], sampler=args.sampler, steps=args.steps,
               seed=args.seed, method=args.method, callback=keep)
     if args.extend:
-        from ..editing import extend_canvas
+        from ..runs.edits import extend_canvas
 
         res = run.outpaint(x, parse_extend(args.extend), strength=strength or 1.0, **kw)
         x, mask = extend_canvas(x, parse_extend(args.extend), model_size=size)

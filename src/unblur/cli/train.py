@@ -9,7 +9,7 @@ from .common import add_config_args, positive_float, positive_int, resolve_confi
 
 
 def add_parser(sub) -> None:
-    from ..processes import DEGRADATIONS, gaussian_processes
+    from ..runs.catalog import DEGRADATIONS, gaussian_processes
 
     # Argument declarations look alike across commands (same shape, other names): kept as plain argparse.
     t = sub.add_parser("train", help="train a model on images or vectors")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..config import SECTIONS, Config, apply_overrides
 from ..data import Data
+from ..processes.cold import check_process_config
 from ..types import DataInfo
 from ..utils import choice_error
 
@@ -209,6 +210,7 @@ def resolve(cfg: Config, explicit: set[str] | None = None) -> Config:
     if todo:
         cfg = apply_overrides(cfg, todo)
     kind.check(cfg)
+    check_process_config(cfg.process)  # the options of the chosen degradation
     return cfg
 
 

@@ -8,13 +8,14 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..utils import choice_error
+from .counting import count_parameters, forward_flops
 from .mlp import MLPConfig, MLPDenoiserNet
 from .unet import UNet, UNetConfig
+
+__all__ = ["NETS", "build_net", "config_from_dict", "count_parameters", "forward_flops"]
 
 NETS: dict[str, tuple[type, type[nn.Module]]] = {
     "unet": (UNetConfig, UNet),
@@ -52,24 +53,3 @@ def build_net(kind: str, cfg: Any = None) -> nn.Module:
     elif not isinstance(cfg, cfg_cls):
         raise TypeError(f"build_net({kind!r}) needs a {cfg_cls.__name__} or a dict, got {cfg!r}")
     return net_cls(cfg)
-
-
-def count_parameters(net: nn.Module, *, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)
-
-
-@torch.no_grad()
-def forward_flops(net: nn.Module, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> float:
-    """Forward FLOPs per sample, as counted by ``FlopCounterMode`` (a multiply-add = 2 FLOPs).
-
-    Counts matrix products, convolutions and attention; element-wise ops count zero.
-    """
-    was_training = net.training
-    net.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            net(x, c_noise, cond)
-    finally:
-        net.train(was_training)
-    return counter.get_total_flops() / x.shape[0]

@@ -91,7 +91,7 @@ def size_model(cfg, data_info, device) -> tuple:
 def describe_model(net, shape: tuple[int, ...], device, how: str) -> str:
     """One line on a denoising network as built: ``how`` it was chosen (``preset cpu-32
     (...)``, ``model.* as given``, ``the run's own``), its size in words, parameters and FLOPs."""
-    from . import count_parameters
+    from .counting import count_parameters
 
     params = f"{count_parameters(net) / 1e6:.2f} M parameters"
     if len(shape) != 3:
@@ -111,7 +111,7 @@ def flops_per_item(net, shape: tuple[int, ...], device) -> float:
     counter's module hooks trip over the text null token's parameter otherwise)."""
     import torch
 
-    from . import forward_flops
+    from .counting import forward_flops
 
     wanted = [p.requires_grad for p in net.parameters()]
     net.requires_grad_(False)

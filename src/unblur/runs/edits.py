@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..editing import METHODS as METHODS  # named here for the front ends' requests: masks, canvases, methods
 from ..editing import (
-    METHODS,
     any_size,
     blend_denoisers,
     check_mask,
@@ -25,6 +25,10 @@ from ..editing import (
     strength_grid,
     tiled,
 )
+from ..editing import box_mask as box_mask
+from ..editing import parse_box as parse_box
+from ..editing import parse_extend as parse_extend
+from ..editing import read_mask as read_mask
 from ..processes import DEGRADATIONS, gaussian_processes
 from ..types import Callback, Denoiser
 from ..utils import seeded_generators
