@@ -262,3 +262,25 @@ def test_no_module_outside_kinds_compares_the_model_kind():
     found = {str(p.relative_to(src)): lines for p in src.rglob("*.py")
              if "kinds" not in p.relative_to(src).parts and (lines := _model_kind_compares(p))}
     assert not found, f"ask the kind (unblur.kinds.kind_of(cfg)) instead: {found}"
+
+
+def test_an_old_prior_resumes_with_its_encoder_at_a_new_path(tmp_path, capsys):
+    """Its encoder was recorded at a path that is gone: resume says so, and takes ``--clip`` at
+    the new path when the weights are the recorded ones (the decoder's fixture keeps no resume
+    state; its path is the same code)."""
+    run, enc = tmp_path / "prior", tmp_path / "encoder"
+    shutil.copytree(OLD / "prior", run)
+    shutil.copytree(ENCODER, enc)
+    state = torch.load(run / "train_state.pt", weights_only=True)  # the recorded encoder path: gone
+    state["config"]["cond"]["clip"] = str(tmp_path / "gone")
+    torch.save(state, run / "train_state.pt")
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is not there any more" in err and "--clip" in err
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--clip", str(enc), "--device", "cpu"]) == 0
+    assert "cond.clip=" in capsys.readouterr().out  # the change is said
+    assert Run.load(run, device="cpu").data.clip.path == str(enc.resolve())
+    other = tmp_path / "other"
+    shutil.copytree(enc, other)
+    (other / "model.safetensors").write_bytes((OLD / "autoencoder" / "model.safetensors").read_bytes())
+    assert main(["train", "--out", str(run), "--resume", "--steps", "5", "--clip", str(other), "--device", "cpu"]) == 2

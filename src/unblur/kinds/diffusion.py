@@ -62,6 +62,9 @@ class DiffusionKind(ModelKind):
                 ctx.say(f"embedded a copy of the autoencoder in {embed(latent.ae, ctx.out)}")
         clip_record = None
         if cfg.cond.clip:
+            if ctx.recorded is not None and not Path(cfg.cond.clip).exists():
+                raise ValueError(f"the run's contrastive encoder {cfg.cond.clip!r} is not there any more: put it back, "
+                                 "or resume with --clip at its new path (the run checks its SHA-256)")
             enc, data = self.embeddings(cfg, data, ctx, recorded.get("clip"))
             clip_record = self.encoder_record(enc)
         if ctx.recorded is None:  # a resumed run keeps its own contexts and network

@@ -55,6 +55,7 @@ RESUMABLE = frozenset({
     "train.steps", "train.minutes", "train.log_every", "train.checkpoint_every", "train.sample_every",
     "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "sample.grid_n", "sample.steps",
     "sample.sampler", "sample.grid", "cond.guidance",
+    "cond.clip",  # a moved encoder, found at its new path: its SHA-256 must be the one the run recorded
 })
 
 

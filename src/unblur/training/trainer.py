@@ -84,7 +84,7 @@ class Trainer:
         state = None
         if resume:
             state = load_train_state(self.out / STATE_FILE)
-            cfg, notes = resume_config(Config.from_dict(state["config"]), cfg, explicit)
+            cfg, notes = resume_config(Config.from_dict(state["config"]), absolute_paths(cfg), explicit)
             for note in notes:
                 self.say(note)
         else:  # the kind's defaults where the user gave nothing, and its checks
