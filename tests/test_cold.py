@@ -340,3 +340,11 @@ def test_cold_precond_reads_the_coefficient_table_and_trains_on_the_restored_ima
     # The generic loss mean_flat(|raw - target|) is the restoration loss || D(x_t, t) - x0 ||_1.
     assert torch.equal(blur.raw(x, t), blur(x, t)) and torch.equal(blur.target(x0, x, t), x0)
     assert torch.allclose(LossModule(blur, loss="l1")(x0, t, x), mean_flat((blur(x, t) - x0).abs()))
+
+
+def test_the_cold_samplers_by_name_are_the_registered_ones():
+    from unblur.sampling import SAMPLERS
+    from unblur.sampling.cold import COLD_SAMPLER_FNS, COLD_SAMPLERS
+
+    assert COLD_SAMPLER_FNS == {name: SAMPLERS[name].fn for name in COLD_SAMPLERS}
+    assert set(COLD_SAMPLERS) == set(ColdProcess.samplers)

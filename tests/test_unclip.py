@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from unblur.analytic import GaussianMixture
-from unblur.kinds import MODEL_KINDS
 from unblur.config import Config, apply_overrides
+from unblur.kinds import MODEL_KINDS
 from unblur.nets.clip import ClipModel, ClipNetConfig
 from unblur.objectives import LossModule, info_nce
 from unblur.pipelines.unclip import slerp, text_diff

@@ -68,7 +68,7 @@ class Process(Protocol):
     samplers: tuple[str, ...]  # names of the samplers (``unblur.sampling.SAMPLERS``) that apply
     can_generate: bool  # whether there is an image-free start to generate from
     loss_key: str  # the ``objective`` config field naming the training loss ("loss" or "restore_loss")
-    precond: str  # its row of the network -> denoiser table (``unblur.runs.build.PRECONDS``)
+    precond: str  # its row of the network -> denoiser table (``unblur.kinds.build.PRECONDS``)
     sigma_data: float  # the data standard deviation EDM's coefficients assume (Karras et al. 2022, Table 1)
 
     # -- what it does with a user's images ------------------------------------------------------

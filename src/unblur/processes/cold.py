@@ -269,7 +269,7 @@ def cold_from_config(cfg: Config, data_info: DataInfo | None = None, *,
     if source:
         if read_data is None:
             raise ValueError(f"the {p.kind} process mixes in the images of process.{cls.partner_data}={source!r}: "
-                             "build it with runs.build.build_process, which reads them")
+                             "build it with build_process (unblur.kinds.build), which reads them")
         others = read_data(source, shape)
     start = data_info.cold_start if data_info is not None else None
     return build_cold_process(p, shape=shape, start_stats=start, others=others)

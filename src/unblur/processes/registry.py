@@ -4,8 +4,8 @@ A factory is ``factory(cfg, data_info=None, *, read_data=None) -> Process``: it 
 options from ``cfg`` (a ``Config``), the data's shape and fitted start statistics from
 ``data_info`` (a ``DataInfo``; None before the data is known), and, where the process mixes in
 a second data set (blend), reads it with ``read_data(source, shape) -> Tensor``, which the
-caller supplies because the data readers sit above this package. ``runs.build.build_process``
-looks the kind up here and nothing else.
+caller supplies because the data readers sit above this package. ``build_process``
+(``unblur.kinds.build``) looks the kind up here and nothing else.
 
 To add a forward process: one file in ``processes/`` with its class (implementing
 ``unblur.types.Process``) and its factory, and one ``register_process`` line in
