@@ -12,13 +12,13 @@ from unblur.cli import main
 from unblur.config import Config, apply_overrides
 from unblur.data import load_data
 from unblur.eval.restoration import psnr
+from unblur.kinds.autoencoder import holdout_split
 from unblur.nets.autoencoder_kl import AutoencoderKL
 from unblur.objectives import kl_normal
 from unblur.pipelines import load_autoencoder
 from unblur.pipelines.autoencoder import build_autoencoder, latent_scale
 from unblur.runs.checkpoint import load_train_state, save_model
 from unblur.training import train
-from unblur.kinds.autoencoder import holdout_split
 from unblur.types import DataInfo
 
 # A tiny autoencoder on the 8x8 digits: 2x2x4 latents, about 0.2 M parameters.

@@ -10,7 +10,6 @@ import torch
 from unblur.cli import main
 from unblur.config import (
     COLD_OPTIONS,
-    COLD_PROCESSES,
     GRIDS,
     PERCEPTUAL,
     RULES,
@@ -112,23 +111,16 @@ def test_every_rule_names_a_field_and_every_field_is_checked():
 
 def _registries():
     from unblur.conditioning.image import IMAGE_CONDITIONS
-    from unblur.config import GAUSSIAN_PROCESSES
     from unblur.objectives import LOSSES, WEIGHTINGS
     from unblur.objectives import PERCEPTUAL as PERCEPTUAL_TERMS
     from unblur.precond import PREDICTIONS
-    from unblur.processes import gaussian_processes
-    from unblur.processes.cold import COLD_PROCESSES as COLD
     from unblur.processes.gaussian import SCHEDULES as GAUSSIAN_SCHEDULES
     from unblur.processes.grids import GRIDS as GRID_NAMES
-    from unblur.runs.build import PROCESSES
     from unblur.sampling import SAMPLERS as SAMPLER_REGISTRY
 
     return [
         (SAMPLERS, tuple(SAMPLER_REGISTRY)),
         (GRIDS, ("auto", *GRID_NAMES)),
-        (COLD_PROCESSES, tuple(COLD)),
-        (RULES["process.kind"].choices, tuple(PROCESSES)),
-        (GAUSSIAN_PROCESSES, gaussian_processes()),
         (SCHEDULES, tuple(GAUSSIAN_SCHEDULES)),
         (RULES["cond.image"].choices, tuple(IMAGE_CONDITIONS)),
         (RULES["objective.prediction"].choices, tuple(PREDICTIONS)),

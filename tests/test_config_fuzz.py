@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unblur.cli import main
-from unblur.config import COLD_PROCESSES, RULES, SECTIONS, Config, apply_overrides
+from unblur.config import RULES, SECTIONS, Config, apply_overrides
+from unblur.processes.cold import COLD_PROCESSES
 
 KEYS = sorted(f"{sec}.{f.name}" for sec in SECTIONS for f in fields(getattr(Config(), sec)))
 NAMES = sorted({str(c) for rule in RULES.values() for c in rule.choices})

@@ -6,8 +6,9 @@ import importlib.util
 from dataclasses import replace
 from typing import Any
 
-from ..config import GAUSSIAN_PROCESSES, Config
+from ..config import Config
 from ..data import Data
+from ..processes import gaussian_processes
 from .text import text_encoder_on
 
 
@@ -24,7 +25,7 @@ def default_conditioning(cfg: Config, data: Data, explicit: set[str] | None) -> 
     condition dropout ``cond.dropout``, so unconditional sampling still works. ``explicit``
     None (a library call) keeps ``cfg`` as it is; so does a decoder of embeddings
     (``cond.clip``), which takes its captions or classes only when asked."""
-    if explicit is None or data.kind != "image" or cfg.process.kind not in GAUSSIAN_PROCESSES or cfg.cond.clip:
+    if explicit is None or data.kind != "image" or cfg.process.kind not in gaussian_processes() or cfg.cond.clip:
         return cfg
     changes: dict[str, Any] = {}
     if "cond.text_encoder" not in explicit and data.has_captions:

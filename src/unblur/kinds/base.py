@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..config import SECTIONS, Config, apply_overrides
 from ..data import Data
+from ..processes import PROCESSES
 from ..processes.cold import check_process_config
 from ..types import DataInfo
 from ..utils import choice_error
@@ -209,6 +210,8 @@ def resolve(cfg: Config, explicit: set[str] | None = None) -> Config:
     todo = {k: v for k, v in kind.defaults.items() if k not in given}
     if todo:
         cfg = apply_overrides(cfg, todo)
+    if cfg.process.kind not in PROCESSES:
+        raise choice_error("process.kind", cfg.process.kind, PROCESSES)
     kind.check(cfg)
     check_process_config(cfg.process)  # the options of the chosen degradation
     return cfg

@@ -30,7 +30,7 @@ for _name in DEGRADATIONS:  # a cold process per degradation, under the degradat
 
 
 def gaussian_processes() -> tuple[str, ...]:
-    """The registered processes that are no cold degradation ("edm", "vp", ...: ``config.GAUSSIAN_PROCESSES``)."""
+    """The registered processes that are no cold degradation ("edm", "vp", ...)."""
     return tuple(name for name in PROCESSES if name not in DEGRADATIONS)
 
 
