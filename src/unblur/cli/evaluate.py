@@ -166,9 +166,8 @@ def run_prompt_eval(args, run, plan) -> int:
             raise ValueError(f"{run.name} draws images of image embeddings: give the prior that turns prompts into "
                              "them (--prior RUN)")
         chain = Unclip(run, Run.load(args.prior, device=run.device))
-        z, labels = chain.from_prompts(prompts, n, guidance=args.prior_guidance, seed=args.seed)
-        stream = run.sample(1, embeddings=z, embedding_labels=labels, guidance=args.guidance, sampler=plan.sampler,
-                            steps=plan.steps, grid=plan.grid, seed=args.seed, batch=args.batch)
+        stream = chain.sample(n, prompts=prompts, guidance=args.guidance, sampler=plan.sampler, steps=plan.steps,
+                              grid=plan.grid, prior_guidance=args.prior_guidance, seed=args.seed, batch=args.batch)
         clip = MODEL_KINDS["clip"].open(args.clip, device=run.device) if args.clip else chain.clip
     else:
         if not args.clip:

@@ -97,7 +97,7 @@ class DiffusionKind(ModelKind):
         return attach_image_embeddings(data, cfg.cond.clip, device=ctx.device, recorded=recorded, say=ctx.say)
 
     def encoder_record(self, enc):
-        return enc.record("decoder")
+        return enc.record(for_prior=False)
 
     def embedding_words(self, cfg: Config) -> tuple[str, str]:
         return (f"the image embeddings of the encoder {cfg.cond.clip} ({cfg.cond.clip_tokens} context tokens)",

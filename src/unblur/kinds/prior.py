@@ -49,7 +49,7 @@ class PriorKind(DiffusionKind):
                                    say=ctx.say)
 
     def encoder_record(self, enc):
-        return enc.record("prior")
+        return enc.record(for_prior=True)
 
     def embedding_words(self, cfg: Config) -> tuple[str, str]:
         return (f"the caption embeddings of the encoder {cfg.cond.clip}",
