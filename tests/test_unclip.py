@@ -110,7 +110,8 @@ def test_the_prior_learns_a_linear_gaussian_conditional(prior_net):
     6000 pairs and sampled with dpmpp-2m at guidance 1 is compared with that law, and with the
     exact denoiser of that Gaussian (``analytic.GaussianMixture``) through the same sampler.
 
-    Tolerances (measured: mean error at most about 0.05, standard deviation within about 10%):
+    Tolerances (measured after these 500 steps: mean error at most 0.075 (MLP) and 0.064
+    (transformer), standard deviation within 17% and 18%; 1500 steps gave 0.05 and 10%):
     for each of three new text embeddings, the sample mean within 0.12 of A t (0.4 sigma) and every
     coordinate's standard deviation within 25% of 0.3.
     """
@@ -130,8 +131,9 @@ def test_the_prior_learns_a_linear_gaussian_conditional(prior_net):
     process = build_process(cfg, info)
     loss_module = LossModule(build_denoiser(cfg, net, process))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500)
-    for _ in range(1500):
+    steps = 500
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
         idx = torch.randint(0, len(img), (256,), generator=g)
         e = txt[idx] * (torch.rand(256, 1, generator=g) > 0.1)  # condition dropout: zeros are the null
         level, x_t = process.training_pair(img[idx], g)
