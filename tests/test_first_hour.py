@@ -18,6 +18,8 @@ from unblur.runs import Run, build_net
 from unblur.training import trainer
 from unblur.types import DataInfo
 
+# Each test that trains here trains its own run: what it checks is what `unblur train` says and writes
+# for its own arguments (presets, budgets, data, conditioning), so no shared run can stand in for it.
 SMALL = ["--device", "cpu", "--set", "train.batch_size=4", "--set", "sample.grid_n=0", "--set",
          "train.checkpoint_every=0"]
 

@@ -16,6 +16,8 @@ from unblur.config import Config, apply_overrides
 from unblur.runs.checkpoint import load_model, load_train_state
 from unblur.training import TrainingDiverged, train
 
+# A test that only reads a trained run uses the session's `tiny_run` (conftest.py); the tests that
+# train here do so because the training itself is what they check (resume, kills, signals, DDP).
 TINY_UNET = {
     "data.source": "builtin:digits",
     "model.base_channels": 16,
@@ -158,11 +160,11 @@ def test_sigkill_at_random_moments_leaves_a_usable_run(tmp_path):
         load_model(run / "model.safetensors")
         load_train_state(run / "train_state.pt")
     assert caught_mid_write
+    # The killed run samples and resumes (in this process: the kills needed processes, these do not).
     out = tmp_path / "s"
-    assert subprocess.run(_cli("sample", str(run), "--n", "2", "--steps", "2", "--out", str(out))).returncode == 0
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(out)]) == 0
     step = load_train_state(run / "train_state.pt")["step"]
-    r = subprocess.run(_cli("train", "--out", str(run), "--steps", str(step + 2), "--resume", *sets))
-    assert r.returncode == 0
+    assert main(["train", "--out", str(run), "--steps", str(step + 2), "--resume", *sets]) == 0
     assert load_train_state(run / "train_state.pt")["step"] == step + 2
     assert not [p for p in run.rglob("*.tmp")]
 
