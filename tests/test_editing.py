@@ -322,7 +322,16 @@ def test_edit_command_mirrors_folders_with_records(tmp_path, unblur_cli):
     assert (tmp_path / "mid" / "a-interpolation.png").exists()
 
 
-def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, unblur_cli):
+def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+    """In-process (``main``), as the command line runs it: the refusals are what is tested, not start-up."""
+    from unblur.cli import main as cli_main
+
+    def main(argv):  # argparse's own refusals exit: the code is what a shell sees
+        try:
+            return cli_main(argv)
+        except SystemExit as e:
+            return e.code
+
     run = OLD / "edm-classes"
     _digit_pngs(tmp_path / "in")
     Image.fromarray(np.zeros((8, 16), np.uint8)).save(tmp_path / "wide.png")
@@ -341,12 +350,13 @@ def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, unblur_cli)
     ]
     for extra, words in cases:
         out = tmp_path / "o"
-        r = unblur_cli("edit", str(run), "--input", img, "--out", str(out), "--steps", "4", *extra)
-        assert r.returncode == 2, (extra, r.stderr)
-        assert words in r.stderr and len(r.stderr.strip().splitlines()) <= 12, (extra, r.stderr)
+        code = main(["edit", str(run), "--input", img, "--out", str(out), "--steps", "4", *extra])
+        err = capsys.readouterr().err
+        assert code == 2, (extra, err)
+        assert words in err and len(err.strip().splitlines()) <= 12, (extra, err)
         assert not out.exists(), extra
-    r = unblur_cli("edit", str(OLD / "blur"), "--input", img, "--out", str(tmp_path / "o"), "--extend", "2")
-    assert r.returncode == 2 and "blur" in r.stderr and not (tmp_path / "o").exists()
+    code = main(["edit", str(OLD / "blur"), "--input", img, "--out", str(tmp_path / "o"), "--extend", "2"])
+    assert code == 2 and "blur" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_show_edit_draws_the_strip(tmp_path, unblur_cli):
