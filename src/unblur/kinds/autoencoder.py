@@ -48,7 +48,7 @@ from ..pipelines.autoencoder import AUTOENCODER_KEY, LATENT_SHAPE_KEY, build_aut
 from ..quality import psnr, ssim
 from ..types import DataInfo
 from ..utils import mean_flat, randn, read_jsonl
-from .base import ModelKind, PrepareContext, Prepared, TaskContext, register
+from .base import ModelKind, PrepareContext, Prepared, TaskContext, contexts_asked, register
 from .build import data_info_of
 
 SCALE_IMAGES = 2048  # training images the latent scale is measured on (the first of the training split)
@@ -245,9 +245,7 @@ class AutoencoderKind(ModelKind):
 
     def check(self, cfg: Config) -> None:
         """An autoencoder has no forward process and no conditioning: say so rather than ignore them."""
-        c = cfg.cond
-        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
-                                ("cond.image", c.image != "none"), ("cond.clip", bool(c.clip))) if on]
+        used = contexts_asked(cfg)
         if used:
             raise ValueError(f"model.kind=autoencoder takes no conditioning, but {', '.join(used)} asks for it: "
                              "drop it (an autoencoder encodes and decodes the images alone)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -144,7 +144,7 @@ class ModelKind:
 
     def open(self, path: str | Path, *, device: str | torch.device = "cpu") -> Any:
         """The object a folder of this kind opens as (for kinds that are not a ``Run``)."""
-        raise ValueError(self.refusal(Path(path), Config(), DataInfo(kind="image", shape=(1,))))
+        raise ValueError(f"a {self.name} run opens as a Run: unblur.runs.Run.load({str(path)!r})")
 
     def preview(self, cfg: Config, data: Data, device: torch.device) -> list[str]:
         """What training ``cfg`` on ``data`` would use, in the lines ``unblur train`` says (no training)."""
@@ -217,9 +217,12 @@ def resolve(cfg: Config, explicit: set[str] | None = None) -> Config:
     return cfg
 
 
-def with_section(cfg: Config, section: str, **changes: Any) -> Config:
-    """``cfg`` with fields of one section replaced."""
-    return replace(cfg, **{section: replace(getattr(cfg, section), **changes)})
+def contexts_asked(cfg: Config) -> list[str]:
+    """The ``cond.*`` keys of ``cfg`` that ask for a context (classes, captions, an image, an
+    encoder's embeddings): what a kind trained without conditioning refuses by name."""
+    c = cfg.cond
+    return [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
+                            ("cond.image", c.image != "none"), ("cond.clip", bool(c.clip))) if on]
 
 
 def preview(cfg: Config) -> list[str]:

@@ -33,7 +33,7 @@ from ..pipelines.unclip import build_clip, caption_inputs, clip_text_dim, load_c
 from ..types import DataInfo
 from ..utils import read_jsonl
 from .autoencoder import holdout_split
-from .base import ModelKind, PrepareContext, Prepared, TaskContext, register
+from .base import ModelKind, PrepareContext, Prepared, TaskContext, contexts_asked, register
 from .build import data_info_of
 
 EVAL_BATCH = 256
@@ -138,9 +138,7 @@ class ClipKind(ModelKind):
     defaults: ClassVar[dict[str, Any]] = {"train.batch_size": 256}
 
     def check(self, cfg: Config) -> None:
-        c = cfg.cond
-        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
-                                ("cond.image", c.image != "none"), ("cond.clip", bool(c.clip))) if on]
+        used = contexts_asked(cfg)
         if used:
             raise ValueError(f"model.kind=clip is trained on image-caption pairs alone, but {', '.join(used)} asks for "
                              "conditioning: drop it (the caption encoder is clip.text_encoder)")

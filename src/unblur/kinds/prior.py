@@ -18,7 +18,7 @@ from torch import nn
 from ..config import Config
 from ..data import Data
 from ..types import DataInfo
-from .base import PrepareContext, TaskContext, register
+from .base import PrepareContext, TaskContext, contexts_asked, register
 from .diffusion import DiffusionKind, DiffusionTask
 
 
@@ -31,12 +31,10 @@ class PriorKind(DiffusionKind):
                                 "model.hidden": 256, "model.prior_net": "transformer", "train.batch_size": 256}
 
     def check(self, cfg: Config) -> None:
-        c = cfg.cond
-        if not c.clip:
+        if not cfg.cond.clip:
             raise ValueError("model.kind=prior diffuses a contrastive encoder's image embeddings: give the encoder "
                              "run with --clip RUN (cond.clip)")
-        used = [k for k, on in (("cond.classes", c.classes), ("cond.text_encoder", c.text_encoder != "none"),
-                                ("cond.image", c.image != "none"), ("data.latent", bool(cfg.data.latent))) if on]
+        used = [k for k in contexts_asked(cfg) if k != "cond.clip"] + (["data.latent"] if cfg.data.latent else [])
         if used:
             raise ValueError(f"model.kind=prior is conditioned on the encoder's text embedding alone, but "
                              f"{', '.join(used)} asks for more: drop it")
